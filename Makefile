@@ -1,0 +1,34 @@
+# make run: install into .venv and run the pipeline on the embedded default dataset.
+# make test: same install, then the test suite.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+RUN    ?= runs/default
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: run test install bench clean
+
+install: $(STAMP)
+
+# The venv module is a separate Debian package (python3-venv); install it when missing.
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import venv, ensurepip' 2>/dev/null || \
+		($(SUDO) apt-get update && $(SUDO) apt-get install -y python3-venv)
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -e '.[test,export]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	@if [ -f $(RUN)/checkpoint.pt ]; then resume=--resume; fi; \
+	$(VENV)/bin/verisparse train --dataset mnist5k --arch cnn_4layer --eps 0.1 --sparsity 0.9 \
+		--out $(RUN) $$resume
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) bench/train_time.py
+
+clean:
+	rm -rf $(VENV) runs

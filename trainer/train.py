@@ -1,0 +1,261 @@
+"""Certified sparse training, top to bottom: settings, data, model, masks, one loop.
+
+VeriSparse (default): start from a random sparse mask (ERK densities, or random units for
+structured sparsity), train with IBP / CROWN-IBP, and move the mask as training goes.
+Baselines: dense certified training, and dense -> magnitude prune -> certified fine-tune.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from verisparse.errors import VeriSparseError
+from verisparse.files import append_jsonl, read_json, read_jsonl, write_json, write_jsonl
+from verisparse.verify import ops as bound_ops
+from verisparse.verify.from_torch import bounded_net
+
+from . import sparsity as sp
+from .certified import certified_loss, ramp_progress, smooth_ramp
+from .checkpoint import load_checkpoint, save_checkpoint
+from .datasets import load_dataset
+from .evaluate import evaluate
+from .models import build_model, prunable
+
+
+@dataclass
+class TrainConfig:
+    dataset: str = "mnist5k"
+    data_root: str | None = None
+    arch: str = "cnn_4layer"
+    batchnorm: bool = False
+    eps: float = 0.1                 # test eps, in [0, 1] pixel space
+    eps_train: float | None = None   # default 1.5 x eps (capped at 1)
+    method: str = "crown-ibp"        # crown-ibp | ibp
+    structure: str = "unstructured"  # unstructured | structured
+    sparsity: float = 0.9
+    param_budget: int | None = None  # structured: a weight budget instead of a sparsity
+    baseline: str | None = None      # None (VeriSparse) | dense | prune-finetune
+    epochs: int = 60
+    finetune_epochs: int | None = None  # prune-finetune only; default epochs // 2
+    batch_size: int = 50
+    lr: float = 5e-4
+    lr_final: float = 0.02           # fraction of lr left at the end (cosine after the ramp)
+    grad_clip: float = 10.0
+    warmup_epochs: int | None = None  # at eps 0; default 5% of epochs
+    ramp_epochs: int | None = None    # eps 0 -> eps_train; default 50% of epochs
+    kappa_start: float = 1.0
+    kappa_end: float = 0.0
+    regrow: str = "rigl"             # rigl | random
+    update_every: int = 100          # steps between unstructured prune/regrow
+    update_fraction: float = 0.3     # initial fraction of active weights moved (cosine decay)
+    update_end: float = 0.75         # masks stop moving after this fraction of training
+    seed: int = 0
+    eval_crown_every: int = 1        # epochs between CROWN evaluations (IBP runs every epoch)
+
+    def resolved(self) -> "TrainConfig":
+        """Check every setting and fill the derived defaults; raises VeriSparseError."""
+        c = TrainConfig(**asdict(self))
+        if not 0 < c.eps <= 1:
+            raise VeriSparseError(f"--eps must be in (0, 1] (pixel space); got {c.eps}")
+        c.eps_train = min(1.0, 1.5 * c.eps) if c.eps_train is None else c.eps_train
+        if not 0 < c.eps_train <= 1:
+            raise VeriSparseError(f"--eps-train must be in (0, 1]; got {c.eps_train}")
+        if c.baseline == "dense":
+            c.sparsity, c.param_budget = 0.0, None
+        elif not 0 <= c.sparsity < 1:
+            raise VeriSparseError(f"--sparsity must be in [0, 1); got {c.sparsity}")
+        for name, allowed in (("method", ("crown-ibp", "ibp")), ("structure", ("unstructured", "structured")),
+                              ("baseline", (None, "dense", "prune-finetune")), ("regrow", ("rigl", "random"))):
+            if getattr(c, name) not in allowed:
+                raise VeriSparseError(f"--{name} must be one of {', '.join(a for a in allowed if a)}; "
+                                      f"got {getattr(c, name)!r}")
+        if c.param_budget is not None and (c.structure != "structured" or c.param_budget < 1):
+            raise VeriSparseError("--param-budget is a positive weight count, for --structure structured")
+        if c.structure == "structured" and c.batchnorm and c.baseline != "dense":
+            raise VeriSparseError("structured sparsity with --batchnorm is not supported yet; drop one")
+        if c.epochs < 1 or c.batch_size < 1 or c.lr <= 0:
+            raise VeriSparseError("--epochs, --batch-size and --lr must be positive")
+        c.finetune_epochs = (max(1, c.epochs // 2) if c.finetune_epochs is None else c.finetune_epochs) \
+            if c.baseline == "prune-finetune" else 0
+        c.warmup_epochs = round(0.05 * c.epochs) if c.warmup_epochs is None else c.warmup_epochs
+        c.ramp_epochs = max(1, round(0.5 * c.epochs)) if c.ramp_epochs is None else c.ramp_epochs
+        if c.warmup_epochs + c.ramp_epochs > c.epochs:
+            raise VeriSparseError("--warmup-epochs + --ramp-epochs must not exceed --epochs")
+        return c
+
+    @property
+    def sparse_from_scratch(self):
+        return self.baseline is None and (self.sparsity > 0 or self.param_budget is not None)
+
+
+def _schedule(cfg: TrainConfig, step: int, steps_per_epoch: int):
+    """eps, beta, kappa and lr at a global step. Fine-tuning (prune-finetune) restarts the
+    lr decay at eps_train."""
+    main_steps = cfg.epochs * steps_per_epoch
+    warm, ramp = cfg.warmup_epochs * steps_per_epoch, cfg.ramp_epochs * steps_per_epoch
+    if step >= main_steps:
+        t, beta, kappa = 1.0, 0.0, cfg.kappa_end
+        start, length = main_steps, cfg.finetune_epochs * steps_per_epoch
+    else:
+        t = ramp_progress(step, warm, ramp)
+        beta, kappa = 1.0 - t, cfg.kappa_start + (cfg.kappa_end - cfg.kappa_start) * t
+        start, length = warm + ramp, main_steps - warm - ramp
+    eps = cfg.eps_train * smooth_ramp(t)
+    decay = min(1.0, max(0.0, (step - start) / max(1, length)))
+    lr = cfg.lr * (cfg.lr_final + (1 - cfg.lr_final) * 0.5 * (1 + math.cos(math.pi * decay)))
+    return eps, beta, kappa, lr
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise VeriSparseError("--device cuda asked for, but torch sees no CUDA device")
+    if device not in ("cpu", "cuda"):
+        raise VeriSparseError(f"--device must be auto, cpu or cuda; got {device!r}")
+    return torch.device(device)
+
+
+def _dataset_info(ds):
+    return dict(name=ds.name, input_shape=list(ds.input_shape), classes=ds.classes,
+                normalize=[list(v) for v in ds.normalize] if ds.normalize else None, split=ds.split)
+
+
+def build_from_config(cfg: TrainConfig, ds):
+    return build_model(cfg.arch, ds.input_shape, ds.num_classes, ds.normalize, cfg.batchnorm)
+
+
+def train(cfg: TrainConfig, out_dir, resume: bool = False, device: str = "auto", progress: bool = True):
+    """Train into out_dir (config.json, checkpoint.pt, train_log.jsonl); returns the log."""
+    cfg = cfg.resolved()
+    out = Path(out_dir)
+    dev = resolve_device(device)
+    ckpt_path, log_path = out / "checkpoint.pt", out / "train_log.jsonl"
+    state = None
+    if resume:
+        state = load_checkpoint(ckpt_path)
+        if state["config"] != asdict(cfg):
+            diff = {k: (state["config"].get(k), v) for k, v in asdict(cfg).items() if state["config"].get(k) != v}
+            raise VeriSparseError(f"{out} holds a run with another config (saved, asked): {diff}; "
+                                  "resume with the same settings or train into a new --out")
+    elif ckpt_path.exists() or (out / "config.json").exists():
+        raise VeriSparseError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+
+    ds = load_dataset(cfg.dataset, cfg.seed, cfg.data_root)
+    if state is not None and read_json(out / "config.json")["dataset_info"]["split"] != ds.split:
+        raise VeriSparseError(f"the dataset under {cfg.dataset} changed since {out} started; cannot resume")
+    torch.manual_seed(cfg.seed)
+    model = build_from_config(cfg, ds).to(dev)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    counts = None
+    if cfg.structure == "structured" and cfg.baseline != "dense":
+        counts = sp.structured_counts(model, cfg.sparsity, cfg.param_budget)
+    if cfg.sparse_from_scratch:
+        if counts is not None:
+            sp.select_units(model, counts, generator=gen)
+        else:
+            sp.random_unstructured(model, cfg.sparsity, gen)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    start_epoch, step, train_seconds = 0, 0, 0.0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        start_epoch, step, train_seconds = state["epoch"], state["step"], state["train_seconds"]
+        write_jsonl(log_path, [r for r in read_jsonl(log_path) if r["epoch"] <= start_epoch])
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "config.json", dict(asdict(cfg), dataset_info=_dataset_info(ds)))
+        write_jsonl(log_path, [])
+
+    n, K = len(ds.y_train), ds.num_classes
+    steps_per_epoch = math.ceil(n / cfg.batch_size)
+    total_epochs = cfg.epochs + cfg.finetune_epochs
+    unstructured_moving = cfg.sparse_from_scratch and counts is None
+    update_steps = cfg.epochs * steps_per_epoch
+    x_train, y_train = ds.x_train.to(dev), ds.y_train.to(dev)
+    bar = tqdm(range(start_epoch, total_epochs), initial=start_epoch, total=total_epochs,
+               disable=not progress, desc=f"train {out.name}", unit="epoch")
+    log = read_jsonl(log_path)
+    for epoch in bar:
+        phase = "finetune" if epoch >= cfg.epochs else ("sparse" if cfg.sparse_from_scratch else "dense")
+        t0 = time.perf_counter()
+        if cfg.baseline == "prune-finetune" and epoch == cfg.epochs:
+            if counts is not None:
+                sp.select_units(model, counts)
+            else:
+                sp.magnitude_unstructured(model, cfg.sparsity)
+        elif counts is not None and cfg.sparse_from_scratch and 0 < epoch < cfg.update_end * cfg.epochs:
+            sp.select_units(model, counts)  # re-mask by L2 norm; revived units resume their old weights
+        model.train()
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)).to(dev)
+        loss_sum = correct = 0.0
+        for b in range(steps_per_epoch):
+            idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+            xb, yb = x_train[idx], y_train[idx]
+            eps, beta, kappa, lr = _schedule(cfg, step, steps_per_epoch)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            net = bounded_net(model, ds.input_shape)
+            loss, logits = certified_loss(net, xb, yb, eps, K, cfg.method, beta, kappa)
+            fraction = sp.update_fraction(step, update_steps, cfg.update_fraction, cfg.update_end)
+            move = unstructured_moving and step > 0 and step % cfg.update_every == 0 and fraction > 0
+            grads = None
+            if move and cfg.regrow == "rigl":
+                weights = [op.weight for op in net.ops if isinstance(op, (bound_ops.Linear, bound_ops.Conv2d))]
+                grads = torch.autograd.grad(loss, weights, retain_graph=True)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            if unstructured_moving or phase == "finetune":
+                with torch.no_grad():
+                    for _, m in prunable(model):
+                        m.weight.mul_(m.weight_mask)  # pruned weights stay exactly zero
+            if move:
+                sp.prune_regrow(model, fraction, grads, torch.Generator().manual_seed(cfg.seed + step))
+            loss_sum += loss.item() * len(yb)
+            correct += float((logits.argmax(1) == yb).sum())
+            step += 1
+        epoch_seconds = time.perf_counter() - t0
+        train_seconds += epoch_seconds
+
+        t1 = time.perf_counter()
+        with_crown = (epoch + 1) % cfg.eval_crown_every == 0 or epoch + 1 == total_epochs
+        metrics = evaluate(model, ds.x_test, ds.y_test, cfg.eps, K, crown=with_crown, device=dev)
+        summary = sp.sparsity_summary(model)
+        record = dict(epoch=epoch + 1, phase=phase, eps_train_now=eps, beta=beta, kappa=kappa, lr=lr,
+                      loss=loss_sum / n, train_acc=correct / n, **metrics, eps=cfg.eps,
+                      sparsity=summary["sparsity"], effective_params=summary["effective_params"],
+                      seconds=epoch_seconds, train_seconds=train_seconds,
+                      eval_seconds=time.perf_counter() - t1)
+        save_checkpoint(ckpt_path, dict(config=asdict(cfg), epoch=epoch + 1, step=step,
+                                        train_seconds=train_seconds, model=model.state_dict(),
+                                        optimizer=opt.state_dict()))
+        append_jsonl(log_path, record)
+        log.append(record)
+        bar.set_postfix(eps=f"{eps:.3f}", loss=f"{record['loss']:.3f}", clean=f"{metrics['clean_acc']:.3f}",
+                        ibp=f"{metrics['ibp_verified_acc']:.3f}")
+    return log
+
+
+def load_run(run_dir, device="cpu"):
+    """(model in eval mode, TrainConfig, dataset) of a run directory."""
+    run = Path(run_dir)
+    state = load_checkpoint(run / "checkpoint.pt")
+    known = {f.name for f in fields(TrainConfig)}
+    cfg_dict = state.get("config")
+    if not isinstance(cfg_dict, dict) or set(cfg_dict) != known:
+        raise VeriSparseError(f"{run}/checkpoint.pt was written by another version of VeriSparse (config keys differ)")
+    cfg = TrainConfig(**cfg_dict)
+    ds = load_dataset(cfg.dataset, cfg.seed, cfg.data_root)
+    model = build_from_config(cfg, ds)
+    try:
+        model.load_state_dict(state["model"])
+    except (RuntimeError, KeyError) as e:
+        raise VeriSparseError(f"{run}/checkpoint.pt does not fit architecture {cfg.arch}: {str(e)[:300]}") from None
+    return model.to(device).eval(), cfg, ds

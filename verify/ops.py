@@ -1,0 +1,193 @@
+"""Bound rules, one small class per operator.
+
+Each op maps a batch (B, *in_shape) to (B, *out_shape) and carries three rules:
+  forward(x)             the concrete function,
+  ibp(l, u)              interval bounds (sound for every x with l <= x <= u),
+  backward(A)            pulls linear functions A (B, S, *out_shape) of the op's output back
+                         to its input: returns (A', c) with A·op(x) = A'·x + c (affine ops only).
+ReLU is the one nonlinear op; its backward takes the pre-activation bounds and whether the
+bound being built is a lower or an upper one (CROWN's linear relaxation).
+Everything is plain torch, so bounds are differentiable and run on CPU or CUDA.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def _mid_rad(l, u):
+    return (u + l) / 2, (u - l) / 2
+
+
+class Linear:
+    def __init__(self, weight, bias=None):
+        self.weight, self.bias = weight, bias
+
+    def forward(self, x):
+        return F.linear(x, self.weight, self.bias)
+
+    def ibp(self, l, u):
+        mid, rad = _mid_rad(l, u)
+        c, r = F.linear(mid, self.weight, self.bias), F.linear(rad, self.weight.abs())
+        return c - r, c + r
+
+    def backward(self, A):
+        const = A @ self.bias if self.bias is not None else A.new_zeros(A.shape[:2])
+        return A @ self.weight, const
+
+
+class Conv2d:
+    def __init__(self, weight, bias, stride, padding, in_shape):
+        self.weight, self.bias = weight, bias
+        self.stride, self.padding, self.in_shape = stride, padding, tuple(in_shape)
+
+    def forward(self, x):
+        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding)
+
+    def ibp(self, l, u):
+        mid, rad = _mid_rad(l, u)
+        c = self.forward(mid)
+        r = F.conv2d(rad, self.weight.abs(), None, self.stride, self.padding)
+        return c - r, c + r
+
+    def backward(self, A):
+        B, S, C, H, W = A.shape
+        A_in = _conv_transpose(A.reshape(B * S, C, H, W), self.weight, self.stride,
+                               self.padding, self.in_shape)
+        if self.bias is None:
+            const = A.new_zeros(B, S)
+        else:
+            const = torch.einsum("bschw,c->bs", A, self.bias)
+        return A_in.reshape(B, S, *self.in_shape), const
+
+
+def _conv_transpose(A, weight, stride, padding, in_shape, groups=1):
+    """The adjoint of conv2d, sized back to the conv's input (output_padding fixes strides)."""
+    kh, kw = weight.shape[-2:]
+    H, W = A.shape[-2:]
+    sh, sw = (stride, stride) if isinstance(stride, int) else stride
+    ph, pw = (padding, padding) if isinstance(padding, int) else padding
+    out_pad = (in_shape[1] - ((H - 1) * sh - 2 * ph + kh), in_shape[2] - ((W - 1) * sw - 2 * pw + kw))
+    return F.conv_transpose2d(A, weight, None, (sh, sw), (ph, pw), out_pad, groups)
+
+
+class ChannelAffine:
+    """y = x * scale[c] + shift[c]: eval-mode BatchNorm and input normalisation."""
+
+    def __init__(self, scale, shift):
+        self.scale, self.shift = scale, shift
+
+    def _view(self, t, ndim):
+        return t.view(-1, *([1] * (ndim - 2))) if ndim > 2 else t
+
+    def forward(self, x):
+        return x * self._view(self.scale, x.dim()) + self._view(self.shift, x.dim())
+
+    def ibp(self, l, u):
+        mid, rad = _mid_rad(l, u)
+        c = self.forward(mid)
+        r = rad * self._view(self.scale.abs(), rad.dim())
+        return c - r, c + r
+
+    def backward(self, A):
+        # A: (B, S, C, ...) — channel axis is 2.
+        view = (-1,) + (1,) * (A.dim() - 3)
+        const = (A * self.shift.view(view)).flatten(2).sum(-1)
+        return A * self.scale.view(view), const
+
+
+class BatchNorm(ChannelAffine):
+    """BatchNorm whose scale/shift come from the batch in training mode (as torch's does).
+
+    In training, forward() on the clean batch fixes the statistics that the bound rules then
+    use for the same batch, and updates the running averages."""
+
+    def __init__(self, module):
+        self.module = module
+        super().__init__(*self._affine(module.running_mean, module.running_var))
+
+    def _affine(self, mean, var):
+        m = self.module
+        scale = m.weight / torch.sqrt(var + m.eps)
+        return scale, m.bias - mean * scale
+
+    def forward(self, x):
+        if self.module.training:
+            dims = [0] + list(range(2, x.dim()))
+            mean, var = x.mean(dims), x.var(dims, unbiased=False)
+            self.scale, self.shift = self._affine(mean, var)
+            with torch.no_grad():
+                m, n = self.module, x.numel() / x.shape[1]
+                m.num_batches_tracked += 1
+                m.running_mean.mul_(1 - m.momentum).add_(m.momentum * mean.detach())
+                m.running_var.mul_(1 - m.momentum).add_(m.momentum * var.detach() * n / max(n - 1, 1))
+        return super().forward(x)
+
+
+class AvgPool2d:
+    def __init__(self, kernel, stride, padding, channels, in_shape):
+        self.kernel, self.stride, self.padding = kernel, stride, padding
+        self.in_shape = tuple(in_shape)
+        k = (kernel, kernel) if isinstance(kernel, int) else kernel
+        self.weight = torch.full((channels, 1, *k), 1.0 / (k[0] * k[1]))
+
+    def forward(self, x):
+        return F.avg_pool2d(x, self.kernel, self.stride, self.padding, count_include_pad=True)
+
+    def ibp(self, l, u):
+        return self.forward(l), self.forward(u)  # positive weights: monotone
+
+    def backward(self, A):
+        B, S, C, H, W = A.shape
+        w = self.weight.to(A)
+        A_in = _conv_transpose(A.reshape(B * S, C, H, W), w, self.stride, self.padding,
+                               self.in_shape, groups=C)
+        return A_in.reshape(B, S, *self.in_shape), A.new_zeros(B, S)
+
+
+class Flatten:
+    def __init__(self, in_shape):
+        self.in_shape = tuple(in_shape)
+
+    def forward(self, x):
+        return x.flatten(1)
+
+    def ibp(self, l, u):
+        return l.flatten(1), u.flatten(1)
+
+    def backward(self, A):
+        return A.reshape(*A.shape[:2], *self.in_shape), A.new_zeros(A.shape[:2])
+
+
+class ReLU:
+    def forward(self, x):
+        return F.relu(x)
+
+    def ibp(self, l, u):
+        return F.relu(l), F.relu(u)
+
+    @staticmethod
+    def relaxation(l, u):
+        """Lower slope, upper slope and upper intercept of CROWN's relaxation.
+
+        Unstable neurons (l < 0 < u) get the chord u/(u-l) above and the adaptive slope
+        (1 where u >= -l, else 0) below; stable ones are exact."""
+        active, inactive = l >= 0, u <= 0
+        unstable = ~(active | inactive)
+        denom = torch.where(unstable, u - l, torch.ones_like(u))
+        up_slope = torch.where(unstable, u / denom, active.to(u.dtype))
+        up_icpt = torch.where(unstable, -l * u / denom, torch.zeros_like(u))
+        lo_slope = torch.where(unstable, (u >= -l).to(u.dtype), active.to(u.dtype))
+        return lo_slope, up_slope, up_icpt
+
+    def backward_relaxed(self, A, l, u, lower: bool):
+        """A·relu(x) >= A'·x + c (lower=True) or <= (lower=False) for l <= x <= u."""
+        lo_slope, up_slope, up_icpt = (t.unsqueeze(1) for t in self.relaxation(l, u))
+        pos, neg = A.clamp(min=0), A.clamp(max=0)
+        if lower:
+            A_in = pos * lo_slope + neg * up_slope
+            const = (neg * up_icpt).flatten(2).sum(-1)
+        else:
+            A_in = pos * up_slope + neg * lo_slope
+            const = (pos * up_icpt).flatten(2).sum(-1)
+        return A_in, const
