@@ -142,3 +142,8 @@ def test_corrupt_files(tmp_path):
     c.write_text("1,2,x\n3,4,y\n")
     with pytest.raises(VeriSparseError):
         load_dataset(f"csv:{c}")
+
+
+def test_download_without_torchvision_or_network_is_a_clear_error(tmp_path):
+    with pytest.raises(VeriSparseError, match="torchvision|network"):
+        load_dataset("fashion-mnist", data_root=tmp_path, download=True)

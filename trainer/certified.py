@@ -30,11 +30,10 @@ def smooth_ramp(t):
 def robust_lower_bounds(net, x, y, eps, num_classes, method, beta):
     x_l, x_u = input_box(x, eps)
     C = margin_spec(y, num_classes)
-    lb_ibp, _ = net.ibp(x_l, x_u, C)
     if method == "ibp" or beta <= 0:
-        return lb_ibp
-    lb_crown = net.crown(x_l, x_u, C, intermediate="ibp")
-    return beta * lb_crown + (1 - beta) * lb_ibp if beta < 1 else lb_crown
+        return net.ibp(x_l, x_u, C)[0]
+    lb_crown, lb_ibp = net.crown(x_l, x_u, C, intermediate="ibp", with_ibp=True)
+    return beta * lb_crown + (1 - beta) * lb_ibp
 
 
 def certified_loss(net, x, y, eps, num_classes, method="crown-ibp", beta=0.0, kappa=1.0):

@@ -3,20 +3,27 @@ from __future__ import annotations
 
 import torch
 
+from verisparse.verify.attack import pgd
 from verisparse.verify.bounds import input_box, margin_spec, verified
 from verisparse.verify.from_torch import bounded_net
 
 
 @torch.no_grad()
-def evaluate(model, x, y, eps, num_classes, crown=True, batch_size=200, device="cpu"):
+def evaluate(model, x, y, eps, num_classes, full_crown=True, batch_size=200, device="cpu"):
     """Accuracies in [0, 1]. A sample counts as verified only if it is also classified
-    correctly. Each margin's CROWN bound is taken together with IBP's (the larger of two
-    sound lower bounds is sound), so CROWN-verified >= IBP-verified by construction; CROWN runs
-    only on the samples IBP leaves open."""
+    correctly. full_crown=False stops after CROWN-IBP: full CROWN on a half-trained network
+    (robust enough to resist PGD, with many unstable neurons) costs about a minute per
+    1,000 mnist5k samples on 2 cores. Each margin's CROWN bound is taken together with IBP's (the larger of two
+    sound lower bounds is sound), so CROWN-verified >= IBP-verified by construction. Each
+    stage runs only on what the cheaper one before it left open: IBP, a PGD attack (a point
+    it breaks cannot be verified by anything sound), CROWN-IBP (IBP intermediate bounds),
+    then CROWN. pgd_robust_acc is the attack's upper bound on the verified accuracy."""
     was_training = model.training
     model.eval()
     net = bounded_net(model, x.shape[1:])
-    n_clean = n_ibp = n_crown = 0
+    n_clean = n_ibp = n_pgd = 0
+    n_ver = {"ibp": 0, "crown": 0}
+    gen = torch.Generator().manual_seed(0)
     for s in range(0, len(y), batch_size):
         xb, yb = x[s:s + batch_size].to(device), y[s:s + batch_size].to(device)
         correct = net.forward(xb).argmax(1) == yb
@@ -26,15 +33,22 @@ def evaluate(model, x, y, eps, num_classes, crown=True, batch_size=200, device="
         ok_ibp = verified(lb_ibp, yb) & correct
         n_clean += int(correct.sum())
         n_ibp += int(ok_ibp.sum())
-        ok_crown = ok_ibp.clone()
-        todo = (correct & ~ok_ibp).nonzero().squeeze(1)
-        if crown and len(todo):
-            lb = net.crown(x_l[todo], x_u[todo], C[todo], intermediate="crown")
-            ok_crown[todo] = verified(torch.maximum(lb, lb_ibp[todo]), yb[todo])
-        n_crown += int(ok_crown.sum())
+        ok_crown, lb = ok_ibp.clone(), lb_ibp.clone()
+        open_ = correct & ~ok_ibp
+        if open_.any():
+            _, broken = pgd(net.forward, xb[open_], yb[open_], eps, generator=gen)
+            open_[open_.clone()] = ~broken
+        n_pgd += int((ok_ibp | open_).sum())
+        for intermediate in ("ibp", "crown") if full_crown else ("ibp",):
+            todo = (open_ & ~ok_crown).nonzero().squeeze(1)
+            if len(todo):
+                lb[todo] = torch.maximum(lb[todo], net.crown(x_l[todo], x_u[todo], C[todo], intermediate))
+                ok_crown[todo] = verified(lb[todo], yb[todo])
+            n_ver[intermediate] += int(ok_crown.sum())
     model.train(was_training)
     n = len(y)
-    out = dict(clean_acc=n_clean / n, ibp_verified_acc=n_ibp / n)
-    if crown:
-        out["crown_verified_acc"] = n_crown / n
+    out = dict(clean_acc=n_clean / n, ibp_verified_acc=n_ibp / n, crown_ibp_verified_acc=n_ver["ibp"] / n,
+               pgd_robust_acc=n_pgd / n)
+    if full_crown:
+        out["crown_verified_acc"] = n_ver["crown"] / n
     return out

@@ -27,7 +27,7 @@ def _in_alive(model, layers, k):
     if k == 0:
         return torch.ones(n_in, device=m.weight.device)
     prev = layers[k - 1][1].out_mask
-    return prev.repeat_interleave(n_in // prev.numel()) if n_in % prev.numel() == 0 else torch.ones(n_in)
+    return prev.repeat_interleave(n_in // prev.numel())  # a flattened conv feeds C*H*W inputs
 
 
 def layer_stats(model: nn.Sequential):

@@ -134,20 +134,23 @@ class BoundedNet:
             pre[i] = (flat_l.view_as(l), flat_u.view_as(u))
         return pre
 
-    def crown(self, x_l, x_u, C, intermediate: str = "crown", upper: bool = False):
+    def crown(self, x_l, x_u, C, intermediate: str = "crown", upper: bool = False, with_ibp: bool = False):
         """CROWN bounds on C·f(x). intermediate='ibp' gives CROWN-IBP (IBP pre-activation
         bounds, CROWN for the output); 'crown' refines them with CROWN first.
-        Returns lower bounds (B, S), or (lower, upper) when upper=True."""
+        Returns lower bounds (B, S), or (lower, upper) when upper=True; with_ibp=True also
+        returns IBP's lower bound from the same interval pass (what CROWN-IBP training mixes)."""
         ops, W, b = self._split_spec(C)
-        _, _, pre = self._ibp_layers(x_l, x_u, ops)
+        l, u, pre = self._ibp_layers(x_l, x_u, ops)
         if intermediate == "crown" and pre:
             pre = self._refine(x_l, x_u, pre)
         elif intermediate not in ("crown", "ibp"):
             raise ValueError(f"unknown intermediate bounds {intermediate!r}")
         const0 = b if b is not None else W.new_zeros(W.shape[:2])
         Al, cl = self._backward(W, len(ops), pre, lower=True)
-        lo = _concretize(Al, cl + const0, x_l, x_u, True)
-        if not upper:
-            return lo
-        Au, cu = self._backward(W, len(ops), pre, lower=False)
-        return lo, _concretize(Au, cu + const0, x_l, x_u, False)
+        result = [_concretize(Al, cl + const0, x_l, x_u, True)]
+        if upper:
+            Au, cu = self._backward(W, len(ops), pre, lower=False)
+            result.append(_concretize(Au, cu + const0, x_l, x_u, False))
+        if with_ibp:
+            result.append(self._apply_spec(l, u, C)[0])
+        return result[0] if len(result) == 1 else tuple(result)

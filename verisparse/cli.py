@@ -63,13 +63,14 @@ Examples:
 @click.option("--dataset", default="mnist5k", show_default=True,
               help="mnist5k, digits, mnist, fashion-mnist, cifar10, svhn, npz:PATH or csv:PATH.")
 @click.option("--data-root", type=click.Path(), default=None, help="Folder with torchvision-layout datasets.")
+@click.option("--download", is_flag=True, help="Fetch the dataset into --data-root (needs torchvision, network).")
 @click.option("--arch", default="cnn_4layer", show_default=True,
               help="mlp_2layer, mlp_3layer, mlp_5layer, cnn_4layer or cnn_7layer.")
 @click.option("--batchnorm", is_flag=True, help="BatchNorm after hidden layers (cnn archs).")
 @click.option("--eps", type=float, default=0.1, show_default=True, callback=_eps,
               help="Test L-inf radius in [0, 1] pixel space.")
 @click.option("--eps-train", type=float, default=None, callback=_eps, help="Training radius [default: 1.5 x eps].")
-@click.option("--method", type=click.Choice(["crown-ibp", "ibp"]), default="crown-ibp", show_default=True)
+@click.option("--method", type=click.Choice(["ibp", "crown-ibp"]), default="ibp", show_default=True)
 @click.option("--structure", type=click.Choice(["unstructured", "structured"]), default="unstructured",
               show_default=True)
 @click.option("--sparsity", type=float, default=0.9, show_default=True, callback=_sparsity,
@@ -77,7 +78,7 @@ Examples:
 @click.option("--param-budget", type=int, default=None, help="Structured: keep at most this many weights.")
 @click.option("--baseline", type=click.Choice(["dense", "prune-finetune"]), default=None,
               help="Train a baseline instead of VeriSparse.")
-@click.option("--epochs", type=int, default=60, show_default=True)
+@click.option("--epochs", type=int, default=100, show_default=True)
 @click.option("--finetune-epochs", type=int, default=None, help="prune-finetune [default: epochs // 2].")
 @click.option("--batch-size", type=int, default=50, show_default=True)
 @click.option("--lr", type=float, default=5e-4, show_default=True)
@@ -89,18 +90,19 @@ Examples:
 @click.option("--update-every", type=int, default=100, show_default=True,
               help="Steps between unstructured prune/regrow.")
 @click.option("--update-fraction", type=float, default=0.3, show_default=True)
-@click.option("--eval-crown-every", type=int, default=1, show_default=True,
-              help="Epochs between CROWN evaluations of the test split.")
+@click.option("--eval-crown-every", type=int, default=0, show_default=True,
+              help="Epochs between full-CROWN evaluations of the test split (0: last epoch only; "
+                   "IBP, PGD and CROWN-IBP run every epoch).")
 @click.option("--out", "out", type=click.Path(), required=True, help="Run directory.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def train(out, resume, device, quiet, **settings):
+def train(out, resume, device, quiet, download, **settings):
     """Train a certifiably robust sparse network into a run directory."""
     from .trainer.train import TrainConfig, train as run_training
     cfg = TrainConfig(**settings)
-    log = run_training(cfg, out, resume=resume, device=device, progress=not quiet)
+    log = run_training(cfg, out, resume=resume, device=device, progress=not quiet, download=download)
     _print_summary(log, out)
 
 
@@ -112,8 +114,8 @@ def _print_summary(log, out):
             ("sparsity", f"{last['sparsity']:.4f} ({last['effective_params']} weights left)"),
             ("clean accuracy", f"{last['clean_acc']:.2%}"),
             (f"IBP-verified @ eps {last['eps']}", f"{last['ibp_verified_acc']:.2%}")]
-    if "crown_verified_acc" in last:
-        rows.append((f"CROWN-verified @ eps {last['eps']}", f"{last['crown_verified_acc']:.2%}"))
+    rows += [(f"CROWN-verified @ eps {last['eps']}", f"{last['crown_verified_acc']:.2%}"),
+             (f"PGD-robust @ eps {last['eps']}", f"{last['pgd_robust_acc']:.2%}")]
     click.echo(f"\nrun {out}")
     for k, v in rows:
         click.echo(f"  {k:<28} {v}")

@@ -1,0 +1,142 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from verisparse.errors import VeriSparseError
+from verisparse.trainer.train import TrainConfig, load_run, train
+
+FAST = dict(dataset="digits", eps=0.05, batch_size=64, update_every=10)
+
+
+def _cli(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "verisparse", *args], capture_output=True, text=True, **kw)
+
+
+def test_run_directory_contract(tmp_path):
+    out = tmp_path / "run"
+    log = train(TrainConfig(arch="cnn_4layer", epochs=4, sparsity=0.9, warmup_epochs=1, ramp_epochs=2, **FAST), out,
+                progress=False)
+    assert {p.name for p in out.iterdir()} == {"config.json", "checkpoint.pt", "train_log.jsonl"}
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["sparsity"] == 0.9 and cfg["dataset_info"]["split"]["seed"] == 0
+    assert cfg["dataset_info"]["split"]["test_sha256"]
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert state["epoch"] == 4 and "optimizer" in state
+    lines = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
+    assert lines == log and len(lines) == 4
+    dense = 16 * 16 + 32 * 16 * 16 + 100 * 32 * 2 * 2 + 10 * 100
+    for r in lines:  # exact at every epoch, masks moving or not
+        assert r["effective_params"] == round(0.1 * dense)
+        for k in ("eps", "loss", "clean_acc", "ibp_verified_acc", "crown_ibp_verified_acc", "pgd_robust_acc",
+                  "sparsity", "seconds"):
+            assert k in r
+        assert r["ibp_verified_acc"] <= r["crown_ibp_verified_acc"] <= r["pgd_robust_acc"] <= r["clean_acc"]
+    assert "crown_verified_acc" not in lines[0]
+    last = lines[-1]
+    assert last["crown_ibp_verified_acc"] <= last["crown_verified_acc"] <= last["pgd_robust_acc"]
+    assert lines[0]["eps_train_now"] == 0 and lines[-1]["eps_train_now"] == pytest.approx(0.075)
+    model, c, ds = load_run(out)
+    assert c.arch == "cnn_4layer" and model(ds.x_test[:2]).shape == (2, 10)
+
+
+def test_masks_move_during_training(tmp_path):
+    out = tmp_path / "run"
+    torch.manual_seed(0)
+    train(TrainConfig(arch="mlp_2layer", epochs=1, sparsity=0.9, **FAST), out / "a", progress=False)
+    train(TrainConfig(arch="mlp_2layer", epochs=3, sparsity=0.9, **FAST), out / "b", progress=False)
+    a = torch.load(out / "a" / "checkpoint.pt", weights_only=True)["model"]
+    b = torch.load(out / "b" / "checkpoint.pt", weights_only=True)["model"]
+    moved = int((a["1.weight_mask"] != b["1.weight_mask"]).sum())
+    assert moved > 0 and int(a["1.weight_mask"].sum()) == int(b["1.weight_mask"].sum())
+
+
+def test_structured_run_removes_units_within_budget(tmp_path):
+    log = train(TrainConfig(arch="cnn_4layer", epochs=3, structure="structured", sparsity=0.5, **FAST),
+                tmp_path / "s", progress=False)
+    assert all(0.5 <= r["sparsity"] < 0.6 for r in log)
+    model, _, _ = load_run(tmp_path / "s")
+    assert float(model[0].out_mask.sum()) < 16
+
+
+def test_baselines(tmp_path):
+    dense = train(TrainConfig(arch="mlp_2layer", epochs=2, baseline="dense", **FAST), tmp_path / "d",
+                  progress=False)
+    assert all(r["sparsity"] == 0 and r["phase"] == "dense" for r in dense)
+    pf = train(TrainConfig(arch="mlp_2layer", epochs=3, baseline="prune-finetune", sparsity=0.9,
+                           finetune_epochs=2, **FAST), tmp_path / "pf", progress=False)
+    assert [r["phase"] for r in pf] == ["dense"] * 3 + ["finetune"] * 2
+    assert pf[2]["sparsity"] == 0 and all(r["sparsity"] == pytest.approx(0.9, abs=1e-4) for r in pf[3:])
+
+
+def _final_weights(run):
+    return torch.load(run / "checkpoint.pt", weights_only=True)["model"]
+
+
+@pytest.mark.slow
+def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
+    args = ["train", "--dataset", "digits", "--arch", "cnn_4layer", "--eps", "0.05", "--epochs", "8",
+            "--warmup-epochs", "1", "--ramp-epochs", "4", "--batch-size", "32", "--update-every", "10",
+            "--quiet", "--out"]
+    ref = _cli(*args, str(tmp_path / "ref"))
+    assert ref.returncode == 0, ref.stderr
+    run = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "verisparse", *args, str(run)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = run / "train_log.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and (not log.exists() or len(log.read_text().splitlines()) < 2):
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = len(log.read_text().splitlines())
+    assert 2 <= done < 8, "the kill must land mid-run"
+    res = _cli(*args, str(run), "--resume")
+    assert res.returncode == 0, res.stderr
+    a, b = _final_weights(tmp_path / "ref"), _final_weights(run)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [json.loads(x)["epoch"] for x in log.read_text().splitlines()] == list(range(1, 9))
+
+
+def test_bad_input_exits_2_without_traceback_or_damage(tmp_path):
+    for args, needle in ((["--dataset", "imagenet"], "unknown dataset"), (["--arch", "resnet"], "unknown arch"),
+                         (["--eps", "0"], "(0, 1]"), (["--eps", "1.5"], "(0, 1]"),
+                         (["--sparsity", "1.0"], "[0, 1)"), (["--sparsity", "-0.1"], "[0, 1)"),
+                         (["--dataset", "mnist", "--data-root", str(tmp_path / "none")], "not a readable"),
+                         (["--dataset", f"npz:{tmp_path / 'none.npz'}"], "not found"),
+                         (["--dataset", "digits", "--arch", "cnn_4layer", "--eps", "0.05", "--structure",
+                           "structured", "--param-budget", "3"], "budget")):
+        r = _cli("train", "--out", str(tmp_path / "x"), "--epochs", "1", "--quiet", *args)
+        assert r.returncode == 2, (args, r.stderr)
+        assert needle in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
+    run = tmp_path / "r"
+    r = _cli("train", "--dataset", "digits", "--arch", "mlp_2layer", "--epochs", "1", "--quiet", "--out", str(run))
+    assert r.returncode == 0, r.stderr
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    for extra in ([], ["--resume", "--epochs", "2"]):
+        r = _cli("train", "--dataset", "digits", "--arch", "mlp_2layer", "--epochs", "1", "--quiet",
+                 "--out", str(run), *extra)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
+    run = tmp_path / "r"
+    train(TrainConfig(arch="mlp_2layer", epochs=1, **FAST), run, progress=False)
+    (run / "checkpoint.pt").write_bytes(b"\x80garbage")
+    with pytest.raises(VeriSparseError, match="not a readable checkpoint"):
+        load_run(run)
+    r = _cli("train", "--dataset", "digits", "--arch", "mlp_2layer", "--epochs", "1", "--quiet",
+             "--out", str(run), "--resume")
+    assert r.returncode == 2 and "not a readable checkpoint" in r.stderr
+
+
+def test_cli_help_has_examples():
+    r = _cli("train", "--help")
+    assert r.returncode == 0 and "Examples:" in r.stdout and "--resume" in r.stdout
+    assert _cli("--help").returncode == 0
