@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 RUN    ?= runs/default
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test install bench clean
+.PHONY: run test install bench clean toolchain
 
 install: $(STAMP)
 
@@ -19,12 +19,21 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[test,export]'
 	touch $(STAMP)
 
-run: $(STAMP)
+# Cross compiler, newlib (semihosting) and QEMU for the firmware stage; Debian packages.
+toolchain:
+	@command -v arm-none-eabi-gcc >/dev/null && command -v qemu-system-arm >/dev/null || \
+		($(SUDO) apt-get update && \
+		 $(SUDO) apt-get install -y gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm)
+
+run: $(STAMP) toolchain
 	@if [ -f $(RUN)/checkpoint.pt ]; then resume=--resume; fi; \
 	$(VENV)/bin/verisparse train --dataset mnist5k --arch cnn_4layer --eps 0.1 --sparsity 0.9 \
 		--out $(RUN) $$resume
+	$(VENV)/bin/verisparse export $(RUN)
+	$(VENV)/bin/verisparse verify $(RUN)/model.onnx --method auto --min-vra 0.85
+	$(VENV)/bin/verisparse verify $(RUN)/model_int8.tflite --method auto --min-vra 0.80
 
-test: $(STAMP)
+test: $(STAMP) toolchain
 	$(PY) -m pytest -q
 
 bench: $(STAMP)

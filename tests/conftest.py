@@ -5,3 +5,38 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 torch.set_num_threads(2)
+
+import pytest  # noqa: E402
+
+ZOO = ("mlp_2layer", "mlp_3layer", "mlp_5layer", "cnn_4layer", "cnn_7layer")
+MODES = {"dense": dict(baseline="dense"), "unstructured": dict(sparsity=0.9),
+         "structured": dict(structure="structured", sparsity=0.5)}
+
+
+@pytest.fixture(scope="session")
+def zoo_runs(tmp_path_factory):
+    """Every zoo architecture in every sparsity mode, briefly trained on digits (8x8).
+    The loss is the natural one (kappa 1): a few epochs of certified training leave some of
+    these models at chance, and float/int8 comparisons on a model at chance mean nothing.
+    cnn_7layer learns fast only with BatchNorm, or without it at a lower rate (structured
+    pruning does not combine with BatchNorm yet)."""
+    from verisparse.trainer.train import TrainConfig, train
+    root = tmp_path_factory.mktemp("zoo")
+    done = {}
+    for arch in ZOO:
+        for mode, kw in MODES.items():
+            bn = arch == "cnn_7layer" and mode != "structured"
+            out = root / f"{arch}-{mode}"
+            lr = 2e-3 if arch == "cnn_7layer" and not bn else 5e-3
+            train(TrainConfig(dataset="digits", arch=arch, eps=0.02, epochs=5, lr=lr, kappa_end=1.0,
+                              batch_size=32, batchnorm=bn, update_every=5, eval_crown_every=-1, **kw),
+                  out, progress=False)
+            done[(arch, mode)] = out
+    return done
+
+
+@pytest.fixture(scope="session")
+def zoo_exports(zoo_runs):
+    """(run directory, export report) per (arch, mode): model.onnx and model_int8.tflite written."""
+    from verisparse.exporter.export import export_run
+    return {key: (run, export_run(run, calibration=200)) for key, run in zoo_runs.items()}

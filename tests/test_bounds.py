@@ -11,6 +11,14 @@ from verisparse.verify.from_torch import bounded_net
 KINDS = ["mlp", "cnn", "linear"]
 
 
+def _problem(kind, gen, batch, eps):
+    """A random network and a batch of boxes: (model, shape, net, x, y, x_l, x_u, C)."""
+    model, shape = random_net(kind, gen)
+    x = torch.rand(batch, *shape, generator=gen)
+    y = torch.randint(0, 4, (batch,), generator=gen)
+    return model, shape, bounded_net(model, shape), x, y, *input_box(x, eps), margin_spec(y, 4)
+
+
 def _sampled_margins(model, x_l, x_u, C, n, gen):
     B = x_l.shape[0]
     u = torch.rand(B, n, *x_l.shape[1:], generator=gen)
@@ -46,12 +54,7 @@ def test_linear_net_bounds_are_exact():
     """On a purely linear network the extreme margins sit on box vertices: CROWN finds them."""
     gen = torch.Generator().manual_seed(1)
     for _ in range(10):
-        model, shape = random_net("linear", gen)
-        net = bounded_net(model, shape)
-        x = torch.rand(3, *shape, generator=gen)
-        y = torch.randint(0, 4, (3,), generator=gen)
-        x_l, x_u = input_box(x, 0.2)
-        C = margin_spec(y, 4)
+        model, shape, net, x, y, x_l, x_u, C = _problem("linear", gen, 3, 0.2)
         vertices = torch.tensor(list(itertools.product([0.0, 1.0], repeat=shape[0])))
         pts = x_l.unsqueeze(1) + (x_u - x_l).unsqueeze(1) * vertices
         with torch.no_grad():
@@ -67,15 +70,10 @@ def test_crown_no_looser_than_ibp_when_every_neuron_is_stable():
     gen = torch.Generator().manual_seed(2)
     checked = 0
     for _ in range(40):
-        model, shape = random_net("mlp", gen)
-        net = bounded_net(model, shape)
-        x = torch.rand(4, *shape, generator=gen)
-        y = torch.randint(0, 4, (4,), generator=gen)
-        x_l, x_u = input_box(x, 1e-3)
+        model, shape, net, x, y, x_l, x_u, C = _problem("mlp", gen, 4, 1e-3)
         _, _, pre = net._ibp_layers(x_l, x_u, net.ops)
         if any(((l < 0) & (u > 0)).any() for l, u in pre.values()):
             continue
-        C = margin_spec(y, 4)
         li, ui = net.ibp(x_l, x_u, C)
         lc, uc = net.crown(x_l, x_u, C, upper=True)
         assert (lc >= li - 1e-6).all() and (uc <= ui + 1e-6).all()
@@ -85,12 +83,7 @@ def test_crown_no_looser_than_ibp_when_every_neuron_is_stable():
 
 def test_crown_tightens_a_conv_net():
     gen = torch.Generator().manual_seed(3)
-    model, shape = random_net("cnn", gen)
-    net = bounded_net(model, shape)
-    x = torch.rand(8, *shape, generator=gen)
-    y = torch.randint(0, 4, (8,), generator=gen)
-    x_l, x_u = input_box(x, 0.05)
-    C = margin_spec(y, 4)
+    model, shape, net, x, y, x_l, x_u, C = _problem("cnn", gen, 8, 0.05)
     li, ui = net.ibp(x_l, x_u, C)
     lc, uc = net.crown(x_l, x_u, C, upper=True)
     assert (uc - lc).mean() < 0.5 * (ui - li).mean()

@@ -55,7 +55,7 @@ class TrainConfig:
     update_fraction: float = 0.3     # initial fraction of active weights moved (cosine decay)
     update_end: float = 0.75         # masks stop moving after this fraction of training
     seed: int = 0
-    eval_crown_every: int = 0        # epochs between full-CROWN evaluations; 0: the last epoch only
+    eval_crown_every: int = 0        # epochs between full-CROWN evaluations; 0: last epoch only; -1: never
 
     def resolved(self) -> "TrainConfig":
         """Check every setting and fill the derived defaults; raises VeriSparseError."""
@@ -226,7 +226,8 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, device: str = "auto",
         train_seconds += epoch_seconds
 
         t1 = time.perf_counter()
-        full = epoch + 1 == total_epochs or (cfg.eval_crown_every > 0 and (epoch + 1) % cfg.eval_crown_every == 0)
+        every = cfg.eval_crown_every
+        full = (epoch + 1 == total_epochs and every >= 0) or (every > 0 and (epoch + 1) % every == 0)
         metrics = evaluate(model, ds.x_test, ds.y_test, cfg.eps, K, full_crown=full, device=dev)
         summary = sp.sparsity_summary(model)
         record = dict(epoch=epoch + 1, phase=phase, eps_train_now=eps, beta=beta, kappa=kappa, lr=lr,

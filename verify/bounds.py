@@ -8,7 +8,13 @@ from __future__ import annotations
 
 import torch
 
-from .ops import AvgPool2d, Conv2d, Linear, ReLU
+from .ops import AvgPool2d, Conv2d, Linear
+
+
+def _relaxed(op):
+    """Nonlinear ops (ReLU; the int8 verifier's requantization) carry backward_relaxed and
+    need their input bounds; every other op is affine."""
+    return hasattr(op, "backward_relaxed")
 
 # Intermediate CROWN bounds are built a chunk of neurons at a time; this caps the
 # elements of one chunk's linear-function tensor (about 4 bytes each).
@@ -80,7 +86,7 @@ class BoundedNet:
         pre = {}
         l, u = x_l, x_u
         for i, op in enumerate(ops):
-            if isinstance(op, ReLU):
+            if _relaxed(op):
                 pre[i] = (l, u)
             l, u = op.ibp(l, u)
         return l, u, pre
@@ -91,7 +97,7 @@ class BoundedNet:
         const = A.new_zeros(A.shape[:2])
         for i in reversed(range(end)):
             op = self.ops[i]
-            if isinstance(op, ReLU):
+            if _relaxed(op):
                 l, u = pre[i] if rows is None else (pre[i][0][rows], pre[i][1][rows])
                 A, c = op.backward_relaxed(A, l, u, lower=lower)
             else:
@@ -113,7 +119,7 @@ class BoundedNet:
                 continue  # one affine map of a box: IBP is already exact there
             l, u = pre[i]
             flat_l, flat_u = l.flatten(1).clone(), u.flatten(1).clone()
-            sample, neuron = ((flat_l < 0) & (flat_u > 0)).nonzero(as_tuple=True)
+            sample, neuron = self.ops[i].unstable(flat_l, flat_u).nonzero(as_tuple=True)
             if len(sample) == 0:
                 continue
             units, which = torch.unique(neuron, return_inverse=True)
@@ -121,7 +127,7 @@ class BoundedNet:
             A[0, torch.arange(len(units)), units] = 1.0
             A, const = A.view(1, len(units), *l.shape[1:]), A.new_zeros(1, len(units))
             j = i
-            while j > 0 and not isinstance(self.ops[j - 1], ReLU):
+            while j > 0 and not _relaxed(self.ops[j - 1]):
                 A, c = self.ops[j - 1].backward(A)
                 const, j = const + c, j - 1
             for part in torch.arange(len(sample), device=l.device).split(max(1, _MAX_A_ELEMENTS // widest)):

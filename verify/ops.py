@@ -96,6 +96,26 @@ class ChannelAffine:
         return A * self.scale.view(view), const
 
 
+class ElementwiseAffine:
+    """y = x * scale + shift with scale, shift of the per-sample shape (broadcast where
+    smaller): Add/Sub/Mul/Div by constants in imported graphs."""
+
+    def __init__(self, scale, shift):
+        self.scale, self.shift = scale, shift
+
+    def forward(self, x):
+        return x * self.scale + self.shift
+
+    def ibp(self, l, u):
+        mid, rad = _mid_rad(l, u)
+        c = self.forward(mid)
+        return c - rad * self.scale.abs(), c + rad * self.scale.abs()
+
+    def backward(self, A):
+        const = (A * self.shift).flatten(2).sum(-1)
+        return A * self.scale, const
+
+
 class BatchNorm(ChannelAffine):
     """BatchNorm whose scale/shift come from the batch in training mode (as torch's does).
 
@@ -159,12 +179,33 @@ class Flatten:
         return A.reshape(*A.shape[:2], *self.in_shape), A.new_zeros(A.shape[:2])
 
 
+class Reshape:
+    """Per-sample reshape (ONNX Reshape that keeps the batch axis); Flatten is the common case."""
+
+    def __init__(self, in_shape, out_shape):
+        self.in_shape, self.out_shape = tuple(in_shape), tuple(out_shape)
+
+    def forward(self, x):
+        return x.reshape(x.shape[0], *self.out_shape)
+
+    def ibp(self, l, u):
+        return self.forward(l), self.forward(u)
+
+    def backward(self, A):
+        return A.reshape(*A.shape[:2], *self.in_shape), A.new_zeros(A.shape[:2])
+
+
 class ReLU:
     def forward(self, x):
         return F.relu(x)
 
     def ibp(self, l, u):
         return F.relu(l), F.relu(u)
+
+    @staticmethod
+    def unstable(l, u):
+        """Where the relaxation is loose, so tighter input bounds would help."""
+        return (l < 0) & (u > 0)
 
     @staticmethod
     def relaxation(l, u):

@@ -1,0 +1,120 @@
+"""Small full-int8 .tflite models made with Keras, covering every op the firmware supports.
+
+Inputs have a fixed batch size of 1: with a dynamic batch, Keras 3 turns Flatten into
+SHAPE/STRIDED_SLICE/PACK ops that compute the reshape target at run time.
+
+Each builder returns the flatbuffer bytes; weights are random with a fixed seed and some
+weights are zeroed so the sparse kernels are exercised too."""
+from __future__ import annotations
+
+import numpy as np
+
+
+def _convert(model, in_shape, int8_io=True, per_tensor_dense=False, seed=0):
+    import tensorflow as tf
+
+    rng = np.random.default_rng(seed)
+    calib = rng.uniform(-1, 1, (64, *in_shape)).astype(np.float32)
+
+    def representative():
+        for i in range(len(calib)):
+            yield [calib[i:i + 1]]
+
+    conv = tf.lite.TFLiteConverter.from_keras_model(model)
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    conv.representative_dataset = representative
+    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    # per-tensor FULLY_CONNECTED weights take TFLM's other multiplier path (float32 product)
+    conv._experimental_disable_per_channel_quantization_for_dense_layers = per_tensor_dense
+    if int8_io:
+        conv.inference_input_type = tf.int8
+        conv.inference_output_type = tf.int8
+    return conv.convert()
+
+
+def _perturb(model, fraction, seed=0):
+    """Zero a random fraction of every kernel, so sparse storage pays off, and give biases
+    random values (Keras starts them at zero and the converter drops all-zero biases)."""
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        ws = layer.get_weights()
+        if ws and ws[0].ndim >= 2 and ws[0].size >= 64:
+            ws[0] = ws[0] * (rng.random(ws[0].shape) >= fraction)
+        if len(ws) == 2:
+            ws[1] = rng.normal(0, 0.1, ws[1].shape).astype(np.float32)
+        layer.set_weights(ws)
+
+
+def keras_cnn() -> bytes:
+    """CONV_2D (SAME, stride 2, RELU6; dilation 2), DEPTHWISE_CONV_2D (multiplier 2, RELU),
+    MAX_POOL_2D, AVERAGE_POOL_2D (SAME, partial windows), RESHAPE, FULLY_CONNECTED; int8 in/out."""
+    import tensorflow as tf
+    from tensorflow.keras import layers
+
+    tf.keras.utils.set_random_seed(1)
+    model = tf.keras.Sequential([
+        layers.Input((9, 9, 2), batch_size=1),
+        layers.Conv2D(8, 3, strides=2, padding="same", activation="relu6"),
+        layers.DepthwiseConv2D(3, depth_multiplier=2, padding="same", activation="relu"),
+        layers.MaxPooling2D(2, strides=1, padding="valid"),
+        layers.Conv2D(24, 2, padding="valid", dilation_rate=2, activation="relu"),
+        layers.AveragePooling2D(2, strides=2, padding="same"),
+        layers.Flatten(),
+        layers.Dense(10),
+    ])
+    _perturb(model, 0.85)
+    return _convert(model, (9, 9, 2))
+
+
+def keras_residual() -> bytes:
+    """ADD (two branches, different scales), float in/out (QUANTIZE and DEQUANTIZE at the ends),
+    and a FULLY_CONNECTED with per-tensor weight scale."""
+    import tensorflow as tf
+    from tensorflow.keras import layers
+
+    tf.keras.utils.set_random_seed(2)
+    x = inp = layers.Input((8, 8, 3), batch_size=1)
+    a = layers.Conv2D(8, 3, padding="same", activation="relu")(x)
+    b = layers.Conv2D(8, 3, padding="same")(a)
+    x = layers.Add()([a, b])
+    x = layers.ReLU()(x)
+    x = layers.Conv2D(6, 3, strides=2, padding="valid", dilation_rate=1, activation="relu")(x)
+    x = layers.Flatten()(x)
+    x = layers.Dense(5)(x)
+    model = tf.keras.Model(inp, x)
+    _perturb(model, 0.0)
+    return _convert(model, (8, 8, 3), int8_io=False, per_tensor_dense=True)
+
+
+def keras_mlp() -> bytes:
+    """FULLY_CONNECTED only, 90% of the weights zero: sparse FC storage."""
+    import tensorflow as tf
+    from tensorflow.keras import layers
+
+    tf.keras.utils.set_random_seed(3)
+    model = tf.keras.Sequential([layers.Input((300,), batch_size=1), layers.Dense(64, activation="relu"),
+                                 layers.Dense(32, activation="relu"), layers.Dense(10)])
+    _perturb(model, 0.9)
+    return _convert(model, (300,))
+
+
+def keras_float() -> bytes:
+    """A float model (no quantization), which the firmware must refuse."""
+    import tensorflow as tf
+    from tensorflow.keras import layers
+
+    model = tf.keras.Sequential([layers.Input((4,)), layers.Dense(3)])
+    return tf.lite.TFLiteConverter.from_keras_model(model).convert()
+
+
+def keras_softmax() -> bytes:
+    """An int8 model ending in SOFTMAX, an op the firmware does not support."""
+    import tensorflow as tf
+    from tensorflow.keras import layers
+
+    tf.keras.utils.set_random_seed(4)
+    model = tf.keras.Sequential([layers.Input((4,)), layers.Dense(3), layers.Softmax()])
+    return _convert(model, (4,))
+
+
+KERAS_MODELS = {"keras_cnn": keras_cnn, "keras_residual": keras_residual, "keras_mlp": keras_mlp}

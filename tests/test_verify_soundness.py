@@ -1,0 +1,187 @@
+"""Soundness of the float verifier on many random small networks: nothing is called verified
+that MILP, an attack or brute force breaks, and MILP is exact where brute force can check it."""
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from scipy.optimize import linprog
+from torch import nn
+
+from netgen import random_net
+from verisparse.trainer.layers import MaskedLinear
+from verisparse.verify.attack import pgd
+from verisparse.verify.bounds import input_box, margin_spec
+from verisparse.verify.float_verify import verify_float
+from verisparse.verify.from_torch import bounded_net
+from verisparse.verify.milp import MilpNet, verify_sample
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """These networks are tiny: a second OpenMP thread only adds synchronisation."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _runtime(model):
+    def run(x):
+        with torch.no_grad():
+            return model(torch.as_tensor(x, dtype=torch.float32)).numpy()
+    return run
+
+
+@pytest.mark.parametrize("chunk", range(10))
+def test_never_verified_where_a_counterexample_exists(chunk):
+    """20 networks per chunk, 200 in all, mlp and cnn, 4 points each, eps spread so that every
+    status occurs. The verifier must agree with an independent, heavier attack."""
+    counts = {"verified": 0, "falsified": 0, "unknown": 0}
+    for k in range(20):
+        seed = chunk * 20 + k
+        gen = torch.Generator().manual_seed(seed)
+        model, shape = random_net("mlp" if seed % 4 else "cnn", gen)
+        net = bounded_net(model, shape)
+        x = torch.rand(4, *shape, generator=gen)
+        with torch.no_grad():
+            y = model(x).argmax(1)
+        y[0] = (y[0] + 1) % 4  # one misclassified point per network
+        eps = float(torch.empty(1).uniform_(0.02, 0.4, generator=gen))
+        # MILP on the mlps; the cnns (hundreds of unstable ReLUs at large eps) stop at CROWN
+        method = "milp" if seed % 4 else "crown"
+        res = verify_float(net, _runtime(model), x, y, eps, method, time_limit=2.0)
+        adv, broken = pgd(model, x, y, eps, steps=60, restarts=3, generator=gen)
+        x_l, x_u = input_box(x, eps)
+        for r, b in zip(res, broken.tolist()):
+            counts[r.status] += 1
+            assert not (r.status == "verified" and b), (seed, r)
+            if r.status == "falsified":  # a counterexample is real and inside the ball
+                cx = torch.as_tensor(r.counterexample).unsqueeze(0)
+                assert (cx >= x_l[r.index]).all() and (cx <= x_u[r.index]).all()
+                with torch.no_grad():
+                    assert int(model(cx).argmax(1)) != int(y[r.index])
+            if r.status == "verified":
+                assert r.margin_lower > 0
+    assert counts["verified"] > 5 and counts["falsified"] > 5
+
+
+def _tiny(gen, n_in, widths, classes=3):
+    torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
+    layers, w = [], n_in
+    for h in widths:
+        layers += [MaskedLinear(w, h), nn.ReLU()]
+        w = h
+    return nn.Sequential(*layers, MaskedLinear(w, classes)).eval()
+
+
+def _brute_force_min(model, x_l, x_u, c):
+    """min c . f(x) over the box, by enumerating ReLU activation patterns: fixed a pattern,
+    f is affine on a polyhedron, so one LP per pattern gives the exact minimum."""
+    Ws = [(m.weight.detach().double().numpy(), m.bias.detach().double().numpy())
+          for m in model if isinstance(m, nn.Linear)]
+    sizes = [W.shape[0] for W, _ in Ws[:-1]]
+    best = np.inf
+    for pattern in itertools.product([0, 1], repeat=sum(sizes)):
+        A_ub, b_ub = [], []
+        M, c0 = np.eye(len(x_l)), np.zeros(len(x_l))  # current affine map of x
+        pos = 0
+        for (W, b), n in zip(Ws[:-1], sizes):
+            Z, z0 = W @ M, W @ c0 + b
+            p = np.array(pattern[pos:pos + n], dtype=float)
+            pos += n
+            sign = np.where(p == 1, -1.0, 1.0)  # active: z >= 0 -> -z <= 0; inactive: z <= 0
+            A_ub.append(sign[:, None] * Z)
+            b_ub.append(-sign * z0)
+            M, c0 = p[:, None] * Z, p * z0
+        W, b = Ws[-1]
+        obj, off = c @ (W @ M), c @ (W @ c0 + b)
+        r = linprog(obj, A_ub=np.vstack(A_ub), b_ub=np.concatenate(b_ub), bounds=list(zip(x_l, x_u)),
+                    method="highs")
+        if r.status == 0:
+            best = min(best, r.fun + off)
+    return best
+
+
+def test_milp_matches_brute_force_on_tiny_networks():
+    gen = torch.Generator().manual_seed(7)
+    checked = 0
+    for trial in range(40):
+        n_in = 2 + trial % 2
+        model = _tiny(gen, n_in, [3, 3] if trial % 2 else [4])
+        net = bounded_net(model, (n_in,))
+        mnet = MilpNet(net, (n_in,))
+        x = torch.rand(1, n_in, generator=gen)
+        x_l, x_u = input_box(x, 0.3)
+        pre = mnet.pre_bounds(x_l, x_u)
+        pre0 = {i: (l[0], u[0]) for i, (l, u) in pre.items()}
+        for j in (1, 2):
+            c = np.zeros(3)
+            c[0], c[j] = 1.0, -1.0
+            bound, xs, value, status = mnet.solve(x_l[0].double().numpy(), x_u[0].double().numpy(), pre0, c, 10.0)
+            exact = _brute_force_min(model, x_l[0].double().numpy(), x_u[0].double().numpy(), c)
+            assert status == 0
+            assert value == pytest.approx(exact, abs=1e-5)  # the optimum is the exact minimum
+            assert bound <= exact + 1e-5  # and the dual bound never overshoots it
+            with torch.no_grad():  # the optimiser's point really attains it
+                z = model(torch.as_tensor(xs, dtype=torch.float32)[None])[0].double().numpy()
+            assert c @ z == pytest.approx(exact, abs=1e-4)
+            checked += 1
+    assert checked == 80
+
+
+def test_milp_never_looser_than_crown_and_agrees_with_sampling():
+    gen = torch.Generator().manual_seed(11)
+    for _ in range(25):
+        model, shape = random_net("mlp", gen)
+        net = bounded_net(model, shape)
+        x = torch.rand(2, *shape, generator=gen)
+        y = torch.tensor([0, 1])
+        x_l, x_u = input_box(x, 0.15)
+        C = margin_spec(y, 4)
+        with torch.no_grad():
+            crown = torch.maximum(net.ibp(x_l, x_u, C)[0], net.crown(x_l, x_u, C))
+        mnet = MilpNet(net, shape)
+        pre = mnet.pre_bounds(x_l, x_u)
+        pts = x_l.unsqueeze(1) + (x_u - x_l).unsqueeze(1) * torch.rand(2, 2000, *shape, generator=gen)
+        with torch.no_grad():
+            sampled = torch.einsum("bsk,bnk->bns", C, model(pts.flatten(0, 1)).view(2, 2000, -1)).min(1).values
+        for b in range(2):
+            for j in range(4):
+                if j == int(y[b]):
+                    continue
+                c = C[b, j].double().numpy()
+                bound, _, value, status = mnet.solve(x_l[b].double().numpy(), x_u[b].double().numpy(),
+                                                     {i: (l[b], u[b]) for i, (l, u) in pre.items()}, c, 10.0)
+                assert status == 0
+                assert value >= float(crown[b, j]) - 1e-4  # complete is at least as tight
+                assert value <= float(sampled[b, j]) + 1e-5  # and still below every sampled margin
+
+
+def test_crown_stage_never_looser_than_ibp_stage():
+    """verify_float takes CROWN together with IBP, so its crown verdicts contain IBP's."""
+    gen = torch.Generator().manual_seed(5)
+    for _ in range(20):
+        model, shape = random_net("cnn", gen)
+        net = bounded_net(model, shape)
+        x = torch.rand(6, *shape, generator=gen)
+        with torch.no_grad():
+            y = model(x).argmax(1)
+        r_ibp = verify_float(net, _runtime(model), x, y, 0.02, "ibp")
+        r_crown = verify_float(net, _runtime(model), x, y, 0.02, "crown")
+        for a, b in zip(r_ibp, r_crown):
+            assert b.margin_lower >= a.margin_lower - 1e-6
+            assert not (a.status == "verified" and b.status != "verified")
+
+
+def test_verify_sample_marks_open_when_time_runs_out():
+    gen = torch.Generator().manual_seed(3)
+    model = _tiny(gen, 4, [6, 6])
+    net = bounded_net(model, (4,))
+    mnet = MilpNet(net, (4,))
+    x = torch.rand(1, 4, generator=gen)
+    x_l, x_u = input_box(x, 0.5)
+    pre = {i: (l[0], u[0]) for i, (l, u) in mnet.pre_bounds(x_l, x_u).items()}
+    out = verify_sample(mnet, x_l[0].double().numpy(), x_u[0].double().numpy(), pre, 0,
+                        np.full(3, -1.0), 0.0, lambda x: False)
+    assert out.status == "unknown"

@@ -1,0 +1,321 @@
+"""The int8 TFLite model as a bound IR over its integer arithmetic.
+
+Activations are the int8 values minus their zero point (u = q - zp), kept in NCHW float64
+tensors: every value is an integer far below 2^53, so float64 convolutions are exact. A
+layer is an exact integer affine map (int8 weights, int32 bias; weight zero points are 0 in
+TFLite int8) followed by Requant: TFLite's fixed-point MultiplyByQuantizedMultiplier,
+the output zero point and the activation clamp, all as one monotone integer function of
+the int32 accumulator. So interval bounds through Requant.ibp are exact per neuron for what
+TFLM / the firmware compute, and Requant.backward_relaxed gives CROWN a linear relaxation
+(the rounding is within eps of acc * M, then a clamp), making the usual CROWN machinery of
+verify.bounds apply to the integer network unchanged.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from verisparse.errors import VeriSparseError
+from verisparse.fixedpoint import multiply_by_quantized_multiplier, quantize_multipliers
+
+from . import ops
+from .bounds import BoundedNet
+
+_TOL = 1e-4  # slack on float64 accumulator bounds before rounding them to integers
+SUPPORTED = "CONV_2D (per-channel or per-tensor), FULLY_CONNECTED, RESHAPE"
+
+
+def single_rounding(acc, q, shift):
+    """LiteRT 2.3's FULLY_CONNECTED requantization: (acc * q + 2^(s-1)) >> s, s = 31 - shift."""
+    acc, q, s = np.asarray(acc, np.int64), np.asarray(q, np.int64), 31 - np.asarray(shift, np.int64)
+    return (acc * q + (np.int64(1) << (s - 1))) >> s
+
+
+class Requant:
+    """u_out = clamp(MBQM(acc) + zp, qmin, qmax) - zp for an integer accumulator acc.
+
+    q, shift, qmin, qmax are per output channel; with both_roundings the result is the hull of
+    TFLite's double rounding and LiteRT's single rounding (FULLY_CONNECTED differs between
+    LiteRT and TFLM), so bounds hold for either runtime."""
+
+    def __init__(self, q, shift, zp, qmin, qmax, shape, both_roundings=False):
+        self.q, self.shift = np.asarray(q, np.int64), np.asarray(shift, np.int64)
+        self.zp, self.qmin, self.qmax = int(zp), int(qmin), int(qmax)
+        self.shape, self.both = tuple(shape), both_roundings
+        view = (-1,) + (1,) * (len(self.shape) - 1)
+        self._view = view
+        m = self.q * np.exp2(self.shift.astype(np.float64) - 31)
+        right = np.maximum(-self.shift, 0)
+        # |MBQM(acc) - acc*m| <= 1/2 (high mul) / 2^right + 1/2 (divide by POT); single rounding: 1/2
+        err = 0.5 + 0.5 * np.exp2(-right.astype(np.float64)) + 1e-9
+        self.m = torch.from_numpy(m).view(view)
+        self.err = torch.from_numpy(err).view(view)
+        self.lo, self.hi = float(self.qmin - self.zp), float(self.qmax - self.zp)
+        self.max_acc = float(2 ** 31 - 1) / np.exp2(np.maximum(self.shift, 0)).max()
+
+    def _exact(self, acc, pick):
+        """The integer function on an integer-valued tensor; pick combines the two roundings."""
+        if float(acc.abs().max()) >= self.max_acc:
+            raise VeriSparseError("an accumulator bound exceeds int32 after TFLite's left shift; "
+                                  "the fixed-point arithmetic would wrap and is not verified")
+        a = acc.detach().cpu().numpy().astype(np.int64)
+        shp = (1,) + tuple(self.shape[:1]) + (1,) * (a.ndim - 2)
+        q, s = self.q.reshape(shp), self.shift.reshape(shp)
+        r = multiply_by_quantized_multiplier(a, q, s)
+        if self.both:
+            r = pick(r, single_rounding(a, q, s))
+        out = np.clip(r + self.zp, self.qmin, self.qmax) - self.zp
+        return torch.from_numpy(out.astype(np.float64)).to(acc.device)
+
+    def forward(self, acc):
+        return self._exact(acc.round(), np.minimum)
+
+    def ibp(self, l, u):
+        # acc is an integer, and the map is monotone: evaluate it at the integer ends
+        return (self._exact(torch.ceil(l - _TOL - 1e-12 * l.abs()), np.minimum),
+                self._exact(torch.floor(u + _TOL + 1e-12 * u.abs()), np.maximum))
+
+    def unstable(self, l, u):
+        """Neurons whose relaxation depends on the bounds: the clamp's corners lie inside."""
+        lo, hi = self.ibp(l.view(-1, *self.shape), u.view(-1, *self.shape))
+        loose = ((lo <= self.lo) & (hi > self.lo)) | ((lo < self.hi) & (hi >= self.hi))
+        return loose.view_as(l)
+
+    def _relax(self, l, u):
+        """(lower slope, lower intercept, upper slope, upper intercept) in acc, per neuron.
+        f(acc) >= clamp(m acc - err) and <= clamp(m acc + err); each clamp of a line gets the
+        ReLU-style relaxation on its one bent corner, or the exact constant ends otherwise."""
+        l, u = l - _TOL - 1e-12 * l.abs(), u + _TOL + 1e-12 * u.abs()
+        f_lo, f_hi = self.ibp(l, u)
+        m, e, lo, hi = self.m.to(l), self.err.to(l), self.lo, self.hi
+        vl, vu = m * l - e, m * u - e  # the lower line's range
+        wl, wu = m * l + e, m * u + e  # the upper line's range
+        zero = torch.zeros_like(l)
+        # lower bound of clamp(v): identity, flat at f_lo, or a corner
+        lo_s = torch.where((vl >= lo) & (vu <= hi), m.expand_as(l), zero)
+        lo_c = torch.where((vl >= lo) & (vu <= hi), -e.expand_as(l), f_lo)
+        below = (vl < lo) & (vu > lo) & (vu <= hi) & (vu - lo >= lo - vl)  # y >= v beats y >= lo
+        lo_s, lo_c = torch.where(below, m.expand_as(l), lo_s), torch.where(below, -e.expand_as(l), lo_c)
+        top = (vl >= lo) & (vl < hi) & (vu > hi)  # min(v, hi): chord from (vl, vl) to (vu, hi)
+        k = (hi - vl) / torch.where(top, vu - vl, torch.ones_like(l))
+        lo_s, lo_c = torch.where(top, k * m, lo_s), torch.where(top, vl - k * vl - k * e, lo_c)
+        # upper bound of clamp(w): identity, flat at f_hi, or a corner
+        up_s = torch.where((wl >= lo) & (wu <= hi), m.expand_as(l), zero)
+        up_c = torch.where((wl >= lo) & (wu <= hi), e.expand_as(l), f_hi)
+        bottom = (wl < lo) & (wu > lo) & (wu <= hi)  # max(w, lo): chord from (wl, lo) to (wu, wu)
+        k = (wu - lo) / torch.where(bottom, wu - wl, torch.ones_like(l))
+        up_s, up_c = torch.where(bottom, k * m, up_s), torch.where(bottom, lo - k * wl + k * e, up_c)
+        cap = (wl >= lo) & (wl < hi) & (wu > hi) & (hi - wl >= wu - hi)  # y <= w beats y <= hi
+        up_s, up_c = torch.where(cap, m.expand_as(l), up_s), torch.where(cap, e.expand_as(l), up_c)
+        return lo_s, lo_c, up_s, up_c
+
+    def backward_relaxed(self, A, l, u, lower: bool):
+        lo_s, lo_c, up_s, up_c = (t.unsqueeze(1) for t in self._relax(l, u))
+        pos, neg = A.clamp(min=0), A.clamp(max=0)
+        if lower:
+            return pos * lo_s + neg * up_s, (pos * lo_c + neg * up_c).flatten(2).sum(-1)
+        return pos * up_s + neg * lo_s, (pos * up_c + neg * lo_c).flatten(2).sum(-1)
+
+
+class Pad2d:
+    """Zero padding of u = q - zp (TFLite pads with the zero point), for asymmetric SAME pads."""
+
+    def __init__(self, top, bottom, left, right, in_shape):
+        self.pads, self.in_shape = (left, right, top, bottom), tuple(in_shape)
+
+    def forward(self, x):
+        return F.pad(x, self.pads)
+
+    def ibp(self, l, u):
+        return self.forward(l), self.forward(u)
+
+    def backward(self, A):
+        le, r, t, b = self.pads
+        H, W = A.shape[-2:]
+        return A[..., t:H - b, le:W - r], A.new_zeros(A.shape[:2])
+
+
+class NHWCReshape:
+    """TFLite RESHAPE of an NHWC tensor, on the NCHW tensors used here."""
+
+    def __init__(self, in_shape, out_shape):
+        self.in_shape, self.out_shape = tuple(in_shape), tuple(out_shape)
+
+    @staticmethod
+    def _to_nhwc(x, shape):
+        return x.permute(0, 2, 3, 1) if len(shape) == 3 else x
+
+    @staticmethod
+    def _to_nchw(x):
+        return x.permute(0, 3, 1, 2) if x.dim() == 4 else x
+
+    def forward(self, x):
+        flat = self._to_nhwc(x, self.in_shape).reshape(x.shape[0], int(np.prod(self.in_shape)))
+        out = self.out_shape
+        nhwc = (out[1], out[2], out[0]) if len(out) == 3 else out
+        return self._to_nchw(flat.reshape(x.shape[0], *nhwc)).contiguous()
+
+    def ibp(self, l, u):
+        return self.forward(l), self.forward(u)
+
+    def backward(self, A):
+        B, S = A.shape[:2]
+        inv = NHWCReshape(self.out_shape, self.in_shape)
+        return inv.forward(A.reshape(B * S, *self.out_shape)).reshape(B, S, *self.in_shape), A.new_zeros(B, S)
+
+
+class Int8Model:
+    """The integer network: BoundedNet over u = q - zp, plus the input/output quantization."""
+
+    def __init__(self, net, in_scale, in_zp, in_shape_nchw, out_scale, out_zp, num_classes):
+        self.net, self.in_scale, self.in_zp = net, in_scale, in_zp
+        self.in_shape, self.out_scale, self.out_zp, self.num_classes = in_shape_nchw, out_scale, out_zp, num_classes
+
+    def quantize(self, x, mode="away"):
+        """Pixel values -> int8 minus the zero point; mode 'away' is TFLite's rounding (half away
+        from zero), 'even' numpy's, used to make input boxes hold for either."""
+        v = np.asarray(x, np.float64) / self.in_scale
+        r = np.sign(v) * np.floor(np.abs(v) + 0.5) if mode == "away" else np.round(v)
+        return np.clip(r + self.in_zp, -128, 127) - self.in_zp
+
+    def input_box(self, x_l, x_u):
+        """The int8 inputs (minus zp) that the pixel box [x_l, x_u] quantizes to: monotone."""
+        lo = np.minimum(self.quantize(x_l, "away"), self.quantize(x_l, "even"))
+        hi = np.maximum(self.quantize(x_u, "away"), self.quantize(x_u, "even"))
+        return torch.from_numpy(lo), torch.from_numpy(hi)
+
+    def forward_int(self, u):
+        """int8 outputs minus the output zero point for u (float64 NCHW), exactly."""
+        return self.net.forward(u)
+
+
+def from_graph(g) -> Int8Model:
+    """Build the Int8Model from a verisparse.tflite_graph.Graph; refuses what it cannot verify."""
+    if len(g.inputs) != 1 or len(g.outputs) != 1:
+        raise VeriSparseError("the int8 model must have one input and one output")
+    t_in, t_out = g.tensors[g.inputs[0]], g.tensors[g.outputs[0]]
+    for t, what in ((t_in, "input"), (t_out, "output")):
+        if t.dtype != np.int8 or len(t.scale) != 1 or not t.scale[0] > 0:
+            raise VeriSparseError(f"the model's {what} must be int8 with one scale (a full-integer model); "
+                                  f"it is {np.dtype(t.dtype).name}")
+    shape = _nchw(t_in.shape, "input")
+    cur, result = g.inputs[0], []
+    for k, op in enumerate(g.operators):
+        where = f"operator {k} ({op.opcode})"
+        if not op.inputs or op.inputs[0] != cur or len(op.outputs) != 1:
+            raise VeriSparseError(f"{where}: the graph is not a chain of supported ops")
+        if any(i >= 0 and i != cur and g.tensors[i].data is None for i in op.inputs[1:]):
+            raise VeriSparseError(f"{where}: only constant weights/biases are supported")
+        out = g.tensors[op.outputs[0]]
+        if op.opcode == "RESHAPE":
+            new = _nchw(out.shape, "reshape output")
+            if int(np.prod(new)) != int(np.prod(shape)):
+                raise VeriSparseError(f"{where}: cannot reshape {shape} into {new}")
+            _same_quant(g.tensors[cur], out, where)
+            result.append(NHWCReshape(shape, new))
+            shape = new
+        elif op.opcode in ("CONV_2D", "FULLY_CONNECTED"):
+            layer_ops, shape = _affine(g, op, g.tensors[cur], out, shape, where)
+            result += layer_ops
+        else:
+            raise VeriSparseError(f"{where}: unsupported op; the int8 verifier supports {SUPPORTED}")
+        cur = op.outputs[0]
+    if cur != g.outputs[0] or len(shape) != 1:
+        raise VeriSparseError(f"the graph must end in a (1, classes) int8 tensor; it ends in {shape}")
+    return Int8Model(BoundedNet(result), float(t_in.scale[0]), int(t_in.zero_point[0]), _nchw(t_in.shape, "input"),
+                     float(t_out.scale[0]), int(t_out.zero_point[0]), shape[0])
+
+
+def _nchw(shape, what):
+    s = tuple(int(v) for v in shape)
+    if len(s) == 4 and s[0] == 1:
+        return (s[3], s[1], s[2])
+    if len(s) == 2 and s[0] == 1:
+        return (s[1],)
+    raise VeriSparseError(f"{what} shape {s} is not (1, H, W, C) or (1, N)")
+
+
+def _same_quant(a, b, where):
+    if not (np.array_equal(a.scale, b.scale) and np.array_equal(a.zero_point, b.zero_point)):
+        raise VeriSparseError(f"{where}: RESHAPE that changes quantization is not supported")
+
+
+def _affine(g, op, t_in, t_out, shape, where):
+    """CONV_2D / FULLY_CONNECTED with int8 per-channel weights and int32 bias -> (ops, out shape)."""
+    w_t = g.tensors[op.inputs[1]]
+    b_t = g.tensors[op.inputs[2]] if len(op.inputs) > 2 and op.inputs[2] >= 0 else None
+    if w_t.dtype != np.int8 or t_in.dtype != np.int8 or t_out.dtype != np.int8:
+        raise VeriSparseError(f"{where}: only int8 activations and weights are supported")
+    if np.any(w_t.zero_point != 0):
+        raise VeriSparseError(f"{where}: weights must be symmetric (zero point 0)")
+    out_ch = w_t.shape[0]
+    if b_t is not None and (b_t.dtype != np.int32 or b_t.shape != (out_ch,)):
+        raise VeriSparseError(f"{where}: bias must be int32 of shape ({out_ch},)")
+    w_scale = np.broadcast_to(w_t.scale, (out_ch,)).astype(np.float64) if len(w_t.scale) in (1, out_ch) else None
+    if w_scale is None or (len(w_t.scale) > 1 and w_t.quantized_dimension != 0):
+        raise VeriSparseError(f"{where}: weight scales must be per-tensor or per output channel")
+    # TFLite computes the effective scale in double from the float32 scales
+    q, s = quantize_multipliers(float(t_in.scale[0]) * w_scale / float(t_out.scale[0]))
+    bias = torch.from_numpy((b_t.data if b_t is not None else np.zeros(out_ch, np.int32)).astype(np.float64))
+    W = torch.from_numpy(np.array(w_t.data, dtype=np.float64))
+    result = []
+    if op.opcode == "FULLY_CONNECTED":
+        n_in = int(np.prod(shape))
+        if W.dim() != 2 or W.shape[1] != n_in or op.options.get("keep_num_dims"):
+            raise VeriSparseError(f"{where}: weights {tuple(W.shape)} do not fit {n_in} inputs")
+        if len(shape) != 1:
+            result.append(NHWCReshape(shape, (n_in,)))
+        result.append(ops.Linear(W, bias))
+        out_shape = (out_ch,)
+    else:
+        if len(shape) != 3 or W.dim() != 4 or W.shape[3] != shape[0]:
+            raise VeriSparseError(f"{where}: weights {tuple(W.shape)} do not fit input {shape}")
+        o = op.options
+        if o.get("dilation_h", 1) != 1 or o.get("dilation_w", 1) != 1:
+            raise VeriSparseError(f"{where}: dilated convolution is not supported")
+        sh, sw = o.get("stride_h", 0), o.get("stride_w", 0)
+        if sh < 1 or sw < 1:
+            raise VeriSparseError(f"{where}: strides must be positive")
+        kh, kw = W.shape[1], W.shape[2]
+        W = W.permute(0, 3, 1, 2).contiguous()  # OHWI -> OIHW
+        (h, w), pads = shape[1:], (0, 0, 0, 0)
+        if o.get("padding") == "SAME":
+            oh, ow = -(-h // sh), -(-w // sw)
+            th, tw = max((oh - 1) * sh + kh - h, 0), max((ow - 1) * sw + kw - w, 0)
+            pads = (th // 2, th - th // 2, tw // 2, tw - tw // 2)
+        elif o.get("padding") != "VALID":
+            raise VeriSparseError(f"{where}: unknown padding {o.get('padding')}")
+        if pads[0] == pads[1] and pads[2] == pads[3]:
+            conv_in, padding = shape, (pads[0], pads[2])
+        else:
+            result.append(Pad2d(*pads, shape))
+            conv_in, padding = (shape[0], h + pads[0] + pads[1], w + pads[2] + pads[3]), (0, 0)
+        oh = (conv_in[1] + 2 * padding[0] - kh) // sh + 1
+        ow = (conv_in[2] + 2 * padding[1] - kw) // sw + 1
+        if oh < 1 or ow < 1:
+            raise VeriSparseError(f"{where}: kernel does not fit the input {shape}")
+        result.append(ops.Conv2d(W, bias, (sh, sw), padding, conv_in))
+        out_shape = (out_ch, oh, ow)
+    # the input offset: acc = sum w (q_in - zp_in) + bias, and u already is q_in - zp_in
+    qmin, qmax = _activation_range(op.options.get("fused_activation", "NONE"), t_out, where)
+    result.append(Requant(q, s, int(t_out.zero_point[0]), qmin, qmax, out_shape,
+                          both_roundings=op.opcode == "FULLY_CONNECTED"))
+    if len(t_out.scale) != 1:
+        raise VeriSparseError(f"{where}: output activations must have one scale")
+    return result, out_shape
+
+
+def _activation_range(act, t, where):
+    """TFLite's CalculateActivationRangeQuantized for int8."""
+    scale, zp = float(t.scale[0]), int(t.zero_point[0])
+    rq = lambda v: zp + int(np.sign(v / scale) * np.floor(abs(v / scale) + 0.5))
+    if act == "NONE":
+        return -128, 127
+    if act == "RELU":
+        return max(-128, rq(0.0)), 127
+    if act == "RELU6":
+        return max(-128, rq(0.0)), min(127, rq(6.0))
+    if act == "RELU_N1_TO_1":
+        return max(-128, rq(-1.0)), min(127, rq(1.0))
+    raise VeriSparseError(f"{where}: fused activation {act} is not supported")

@@ -1,0 +1,143 @@
+"""Verification of the int8 TFLite model that ships, on its integer arithmetic.
+
+Cascade per batch (each stage on what the one before left open):
+  clean check   LiteRT (reference kernels, TFLM's arithmetic) on the quantized point;
+  int8-ibp      exact per-neuron integer intervals (method ibp stops here);
+  int8-crown    CROWN over the integer network's relaxation (methods crown and auto);
+  attack        PGD on a rounding-free surrogate of the integer network, then the quantized
+                point runs through LiteRT: only LiteRT's verdict makes a sample falsified.
+The int8 margin is an integer, so a lower bound above a float-noise slack proves >= 1:
+no tie, hence no argmax tie-break, can change the class.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from .attack import pgd
+from .bounds import input_box, margin_spec
+from .float_verify import SampleResult, _min_margin
+
+METHODS = ("ibp", "crown", "auto")
+PROOF_SLACK = 1e-3  # float64 error on an integer margin bound is far below this
+
+
+def load_tflite_artifact(path, digest):
+    from verisparse.int8_runtime import dequantize, quantize, run_litert
+    from verisparse.tflite_graph import read_tflite
+
+    from .artifact import Artifact
+    from .int8_bounds import from_graph
+    data = path.read_bytes()
+    model = from_graph(read_tflite(data))
+    run_litert(data, np.zeros((1, *_nhwc(model.in_shape)), np.int8))  # LiteRT must load it too
+
+    def runtime(x):
+        q = quantize(_to_nhwc(np.asarray(x, np.float32)), model.in_scale, model.in_zp)
+        return dequantize(run_litert(data, q), model.out_scale, model.out_zp)
+
+    def verify(x, y, eps, method, time_limit=10.0, indices=None):
+        return verify_int8(model, runtime, x, y, eps, method, indices)
+    meta = _sidecar_metadata(path)
+    return Artifact(path, "tflite", digest, model.in_shape, model.num_classes, meta, verify, METHODS, runtime,
+                    extra=dict(model=model))
+
+
+def _sidecar_metadata(path):
+    """TFLite files carry no eps/dataset: read them from export.json / config.json beside it."""
+    from verisparse.files import read_json
+    for name in ("export.json", "config.json"):
+        p = path.parent / name
+        if p.is_file():
+            try:
+                d = read_json(p)
+                return {k: d[k] for k in ("eps", "dataset", "seed") if k in d}
+            except (OSError, ValueError):
+                continue
+    return {}
+
+
+def _nhwc(shape):
+    return (shape[1], shape[2], shape[0]) if len(shape) == 3 else tuple(shape)
+
+
+def _to_nhwc(x):
+    return x.transpose(0, 2, 3, 1) if x.ndim == 4 else x
+
+
+def surrogate(model):
+    """The integer network with rounding removed (requant = clamp(acc * m)), differentiable,
+    on pixel inputs: what the attack climbs before LiteRT judges the quantized point."""
+    from .int8_bounds import Requant
+
+    def forward(x):
+        u = x.double() / model.in_scale
+        for op in model.net.ops:
+            if isinstance(op, Requant):
+                u = torch.clamp(u * op.m.to(u), op.lo, op.hi)
+            else:
+                u = op.forward(u)
+        return u
+    return forward
+
+
+def verify_int8(model, runtime, x, y, eps, method="crown", indices=None, batch_size=200, attack_steps=40,
+                attack_restarts=2, seed=0):
+    indices = list(range(len(y))) if indices is None else list(indices)
+    gen = torch.Generator().manual_seed(seed)
+    results = []
+    for s in range(0, len(y), batch_size):
+        out = _batch(model, runtime, x[s:s + batch_size], y[s:s + batch_size], eps, method, gen,
+                     attack_steps, attack_restarts)
+        for k, r in enumerate(out):
+            r.index = indices[s + k]
+        results += out
+    return results
+
+
+def _batch(model, runtime, xb, yb, eps, method, gen, steps, restarts):
+    B = len(yb)
+    t0 = time.perf_counter()
+    logits = torch.as_tensor(runtime(xb.numpy()))
+    correct = logits.argmax(1) == yb
+    x_l, x_u = input_box(xb, eps)
+    u_l, u_u = model.input_box(x_l.numpy(), x_u.numpy())
+    C = margin_spec(yb, model.num_classes).double()
+    with torch.no_grad():
+        lb = model.net.ibp(u_l, u_u, C)[0]
+    ok = (_min_margin(lb, yb) > PROOF_SLACK) & correct
+    stage = ["int8-ibp"] * B
+    if method != "ibp":
+        for intermediate in ("ibp", "crown"):  # CROWN-IBP first, then full CROWN on the rest
+            todo = (correct & ~ok).nonzero().squeeze(1)
+            if len(todo):
+                with torch.no_grad():
+                    lb[todo] = torch.maximum(lb[todo], model.net.crown(u_l[todo], u_u[todo], C[todo], intermediate))
+                ok[todo] = _min_margin(lb[todo], yb[todo]) > PROOF_SLACK
+                for i in todo.tolist():
+                    stage[i] = "int8-crown"
+    seconds = np.full(B, (time.perf_counter() - t0) / B)
+    status = np.where(ok.numpy(), "verified", "unknown").astype(object)
+    cex, cex_margin = [None] * B, [None] * B
+    clean_margin = _min_margin(torch.einsum("bsk,bk->bs", C.float(), logits.float()), yb)
+    for i in (~correct).nonzero().squeeze(1).tolist():
+        status[i], cex[i], cex_margin[i], stage[i] = "falsified", xb[i].numpy(), float(clean_margin[i]), "clean"
+    open_ = (correct & ~ok).nonzero().squeeze(1)
+    if len(open_):
+        t1 = time.perf_counter()
+        adv, _ = pgd(surrogate(model), xb[open_].double(), yb[open_], eps, steps=steps, restarts=restarts,
+                     generator=gen)
+        # every attacked point is judged by LiteRT, whatever the surrogate thought of it
+        adv = np.minimum(np.maximum(adv.float().numpy(), x_l[open_].numpy()), x_u[open_].numpy())
+        real = torch.as_tensor(runtime(adv))
+        broken = real.argmax(1) != yb[open_]
+        m = _min_margin(torch.einsum("bsk,bk->bs", C[open_].float(), real.float()), yb[open_])
+        for k, i in enumerate(open_.tolist()):
+            if broken[k]:
+                status[i], cex[i], cex_margin[i], stage[i] = "falsified", adv[k], float(m[k]), "pgd"
+        seconds[open_.numpy()] += (time.perf_counter() - t1) / len(open_)
+    margins = _min_margin(lb, yb).numpy() * model.out_scale  # in logit units, as the float reports
+    return [SampleResult(-1, int(yb[i]), str(status[i]), stage[i], float(margins[i]), cex_margin[i],
+                         float(seconds[i]), cex[i]) for i in range(B)]
