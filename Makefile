@@ -32,6 +32,7 @@ run: $(STAMP) toolchain
 	$(VENV)/bin/verisparse export $(RUN)
 	$(VENV)/bin/verisparse verify $(RUN)/model.onnx --method auto --min-vra 0.85
 	$(VENV)/bin/verisparse verify $(RUN)/model_int8.tflite --method auto --min-vra 0.80
+	$(VENV)/bin/verisparse firmware $(RUN) --board mps2-an386 --out $(RUN)/firmware --run
 
 test: $(STAMP) toolchain
 	$(PY) -m pytest -q

@@ -29,6 +29,7 @@ def main():
       train     sparse-from-scratch certified training (IBP / CROWN-IBP)
       export    fold pruned units away, write model.onnx + model_int8.tflite, check parity
       verify    certify model.onnx / model_int8.tflite / checkpoint.pt (IBP, CROWN, MILP, int8)
+      firmware  generate bit-exact Cortex-M C for model_int8.tflite, check it in QEMU
 
     \b
     Example:
@@ -168,8 +169,10 @@ def _print_summary(log, out):
         click.echo(f"  {k:<28} {v}")
 
 
-# The verify command lives beside its stage; its module imports only click
+# The verify and firmware commands live beside their stages; their modules import only click
 # at load time, so `verisparse --help` stays fast.
+from .firmware.command import firmware  # noqa: E402
 from .verify.command import verify  # noqa: E402
 
 main.add_command(verify)
+main.add_command(firmware)

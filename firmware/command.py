@@ -1,0 +1,45 @@
+"""`verisparse firmware`: the click command (heavy imports stay inside the function)."""
+from __future__ import annotations
+
+import click
+
+
+@click.command(epilog="""\b
+Examples:
+  verisparse firmware runs/default --board mps2-an386 --out runs/default/firmware --run
+  verisparse firmware model.tflite --board mps2-an385 --out fw --run --vectors 500
+  verisparse firmware runs/default --board generic --out fw_nucleo   # then port fw_nucleo/platform.c
+""")
+@click.argument("source", type=click.Path())
+@click.option("--board", default="mps2-an386", show_default=True,
+              help="mps2-an385 (M3), mps2-an386 (M4), mps2-an500 (M7), mps2-an505 (M33) or generic.")
+@click.option("--out", "out", type=click.Path(), default=None, help="Project folder [default: SOURCE's folder/firmware].")
+@click.option("--run", "run", is_flag=True,
+              help="Build with arm-none-eabi-gcc, run in QEMU and check every output byte against TFLM and LiteRT.")
+@click.option("--vectors", type=int, default=200, show_default=True, help="Test inputs embedded in the firmware.")
+def firmware(source, board, out, run, vectors):
+    """Generate C firmware for a full-int8 model: RUN_DIR (its model_int8.tflite) or MODEL.tflite.
+
+    Writes model.c/.h (const weights, sparse where smaller, one static arena), the kernels,
+    startup code, linker script and Makefile, and firmware.json with sizes and MACs. With
+    --run, also the QEMU proof that the firmware's bytes equal the interpreters', and flash,
+    RAM and instruction counts."""
+    from .generate import generate_firmware
+
+    r = generate_firmware(source, board, out, run=run, vectors=vectors)
+    t = r["totals"]
+    click.echo(f"firmware {r['firmware_dir']}  ({r['board']['name']}, {r['board']['cpu']})")
+    click.echo(f"  weights           {t['nonzero_weights']} non-zero, stored in {t['stored_weight_bytes']} B "
+               f"(dense {t['dense_weight_bytes']} B)")
+    click.echo(f"  MACs              dense {t['dense_macs']}, effective {t['effective_macs']}")
+    click.echo(f"  arena             {r['arena']['bytes']} B (lower bound {r['arena']['lower_bound_bytes']} B)")
+    if run:
+        e, f, m, i = r["exactness"], r["flash"], r["ram"], r["instructions"]
+        click.echo(f"  flash             {f['bytes']} B (target <= {f['target_bytes']} B; interpreter baseline "
+                   f"{r['interpreter_baseline']['flash_bytes']} B)")
+        click.echo(f"  RAM               {m['bytes']} B incl. {m['stack_bytes_measured']} B stack "
+                   f"(target <= {m['target_bytes']} B)")
+        click.echo(f"  instructions      {i['per_inference']} per inference, {i['per_effective_mac']} per effective MAC")
+        click.echo(f"  exact             {e['tflm']['identical_vectors']}/{e['vectors']} vectors identical to TFLM, "
+                   f"{e['litert_reference']['identical_vectors']}/{e['vectors']} to LiteRT (reference kernels)")
+    click.echo(f"  wrote {r['firmware_dir']}/firmware.json")

@@ -1,0 +1,165 @@
+"""verisparse firmware: .tflite (or a run directory) -> C project, and with run=True the proof
+that the firmware prints exactly what TFLM and LiteRT compute, plus its measured cost."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from verisparse.errors import VeriSparseError
+from verisparse.files import sha256_file, write_json
+from verisparse.tflite_graph import read_tflite
+
+from . import toolchain
+from .boards import STACK_BYTES, Board, get_board, write_project
+from .emit import model_c, model_h
+from .lower import Program, lower
+from .plan import Plan, plan
+from .reference import run_litert, run_tflm
+from .vectors import make_vectors, vectors_c
+
+TFLM_CORE_BYTES = 16 * 1024  # TFLM's documented minimum core size on Cortex-M3, the interpreter baseline
+CODE_ALLOWANCE = 16 * 1024  # kernels, startup and harness code, for the fit check before building
+FC_NOTE = ("LiteRT 2.x's reference FULLY_CONNECTED rounds once ((acc * m + 2^(s-1)) >> s); TFLM and this "
+           "firmware round twice (TFLite's MultiplyByQuantizedMultiplier), so LiteRT can differ by 1 LSB on "
+           "FULLY_CONNECTED outputs. The firmware is held to TFLM byte for byte; VeriSparse's exporter writes "
+           "dense layers as 1x1 CONV_2D, where all three agree.")
+
+
+def _source(src: Path) -> tuple[Path, Path | None]:
+    """(.tflite path, run directory or None)."""
+    if src.is_dir():
+        tfl = src / "model_int8.tflite"
+        if not tfl.exists():
+            raise VeriSparseError(f"{src} has no model_int8.tflite; run `verisparse export {src}` first")
+        return tfl, src
+    if not src.exists():
+        raise VeriSparseError(f"{src} does not exist; pass a run directory or a .tflite file")
+    return src, None
+
+
+def _layer_rows(prog: Program, pl: Plan) -> list[dict]:
+    rows = []
+    for k, l in enumerate(prog.layers):
+        row = dict(index=k, op=l.op, kernel=None if k in pl.skipped else l.kernel,
+                   output_shape=list(prog.graph.tensors[l.output].shape))
+        if l.dense_weight_bytes:
+            row.update(storage="sparse" if l.sparse is not None else "dense", nonzero_weights=l.nonzero_weights,
+                       dense_weight_bytes=l.dense_weight_bytes, stored_weight_bytes=l.stored_weight_bytes,
+                       index_bytes=l.sparse.index_bytes if l.sparse is not None else 0,
+                       bias_bytes=l.arrays["bias"].nbytes,
+                       requant_bytes=l.arrays["mult"].nbytes + l.arrays["shift"].nbytes,
+                       dense_macs=l.dense_macs, effective_macs=l.effective_macs)
+        rows.append(row)
+    return rows
+
+
+def _totals(rows) -> dict:
+    keys = ("nonzero_weights", "dense_weight_bytes", "stored_weight_bytes", "index_bytes", "bias_bytes",
+            "requant_bytes", "dense_macs", "effective_macs")
+    return {k: sum(r.get(k, 0) for r in rows) for k in keys}
+
+
+def _check_fits(board: Board, totals, pl: Plan, prog: Program, n_vectors: int):
+    const = totals["stored_weight_bytes"] + totals["bias_bytes"] + totals["requant_bytes"]
+    vec = n_vectors * int(np.prod(prog.input.shape))
+    flash = const + vec + CODE_ALLOWANCE
+    if flash > board.flash_bytes:
+        raise VeriSparseError(
+            f"the model needs about {const} bytes of flash for weights and parameters (+ {vec} for "
+            f"{n_vectors} test vectors, + about {CODE_ALLOWANCE} for code), more than {board.name}'s "
+            f"{board.flash_bytes} bytes; use fewer --vectors, a sparser model or a bigger board")
+    io = int(np.prod(prog.input.shape)) + int(np.prod(prog.output.shape))
+    ram = pl.arena_bytes + io + STACK_BYTES
+    if ram > board.ram_bytes:
+        raise VeriSparseError(
+            f"the model needs {pl.arena_bytes} bytes of activation arena (+ {io} for input and output, + "
+            f"{STACK_BYTES} of stack), more than {board.name}'s {board.ram_bytes} bytes of RAM; "
+            "use a smaller model or a bigger board")
+
+
+def _compare(fw: np.ndarray, ref: np.ndarray) -> dict:
+    diff = np.abs(fw.astype(np.int16) - ref.astype(np.int16))
+    return dict(identical_vectors=int((diff == 0).all(axis=1).sum()), differing_bytes=int((diff > 0).sum()),
+                max_abs_difference=int(diff.max(initial=0)))
+
+
+def _measure(fw_dir: Path, board: Board, totals: dict, pl: Plan, text: str) -> dict:
+    sec = toolchain.section_sizes(fw_dir / "size.elf")
+    flash = sum(v for k, v in sec.items() if k in (".text", ".rodata", ".ARM.exidx", ".init_array", ".data"))
+    data_bss = sec.get(".data", 0) + sec.get(".bss", 0)
+    m = toolchain.parse_measurements(text)
+    payload = totals["nonzero_weights"] + totals["bias_bytes"] + totals["index_bytes"]
+    flash_target = int(1.15 * payload + 4096)
+    ram = data_bss + m["stack_bytes_measured"]
+    instr = m["instructions_per_inference"]
+    return dict(
+        flash=dict(bytes=flash, sections=sec, payload_bytes=payload, target_bytes=flash_target,
+                   within_target=flash <= flash_target,
+                   target="1.15 x (non-zero int8 weights + int32 biases + sparse indices) + 4 KB"),
+        ram=dict(bytes=ram, data_bss_bytes=data_bss, stack_bytes_measured=m["stack_bytes_measured"],
+                 arena_bytes=pl.arena_bytes, target_bytes=pl.arena_bytes + 2048,
+                 within_target=ram <= pl.arena_bytes + 2048, target="planned arena + 2 KB"),
+        instructions=dict(per_inference=instr, resolution=m["instructions_resolution"],
+                          per_effective_mac=round(instr / max(totals["effective_macs"], 1), 3),
+                          per_dense_mac=round(instr / max(totals["dense_macs"], 1), 3),
+                          how=f"qemu-system-arm -M {board.qemu_machine} -icount shift=0, SysTick calibrated "
+                              "on a 2-instruction loop"),
+    )
+
+
+def generate_firmware(source, board: str = "mps2-an386", out=None, run: bool = False, vectors: int = 200) -> dict:
+    src = Path(source)
+    tfl, run_dir = _source(src)
+    b = get_board(board)
+    if vectors < 1:
+        raise VeriSparseError(f"--vectors must be at least 1; got {vectors}")
+    if run and b.qemu_machine is None:
+        raise VeriSparseError(f"board {b.name} has no emulator; --run needs one of the mps2 boards")
+    fw_dir = Path(out) if out is not None else (run_dir or tfl.parent) / "firmware"
+    data = tfl.read_bytes()
+    prog = lower(read_tflite(tfl))
+    pl = plan(prog)
+    rows = _layer_rows(prog, pl)
+    totals = _totals(rows)
+    _check_fits(b, totals, pl, prog, vectors)
+
+    vec = make_vectors(vectors, prog.input.shape[1:] if len(prog.input.shape) > 1 else prog.input.shape,
+                       float(prog.input.scale[0]), int(prog.input.zero_point[0]), run_dir)
+    vh, vc = vectors_c(vec)
+    write_project(fw_dir, b, {"model.h": model_h(prog, pl), "model.c": model_c(prog, pl, tfl.name),
+                              "vs_vectors.h": vh, "vs_vectors.c": vc})
+    has_fc = any(l.op == "FULLY_CONNECTED" for l in prog.layers)
+    report = dict(
+        source=dict(path=str(tfl), sha256=sha256_file(tfl), bytes=len(data)),
+        board=dict(name=b.name, description=b.description, cpu=b.cpu, qemu_machine=b.qemu_machine,
+                   flash_bytes=b.flash_bytes, ram_bytes=b.ram_bytes),
+        firmware_dir=str(fw_dir),
+        input=dict(shape=list(prog.input.shape), scale=float(prog.input.scale[0]),
+                   zero_point=int(prog.input.zero_point[0]), model_quantizes_float_input=prog.float_input),
+        output=dict(shape=list(prog.output.shape), scale=float(prog.output.scale[0]),
+                    zero_point=int(prog.output.zero_point[0]), model_dequantizes_output=prog.float_output),
+        layers=rows, totals=totals,
+        arena=dict(bytes=pl.arena_bytes, lower_bound_bytes=pl.lower_bound_bytes),
+        interpreter_baseline=dict(flash_bytes=len(data) + TFLM_CORE_BYTES,
+                                  how=".tflite size + 16 KB, TFLM's documented minimum core on Cortex-M3"),
+        rounding=dict(firmware="TFLite double rounding (TFLM)", fully_connected_note=FC_NOTE if has_fc else None),
+        vectors=len(vec),
+    )
+    if run:
+        toolchain.make(fw_dir, "all")
+        text = toolchain.run_qemu(fw_dir)
+        fw = toolchain.parse_outputs(text, len(vec), int(np.prod(prog.output.shape)))
+        tflm, lite = _compare(fw, run_tflm(data, prog, vec)), _compare(fw, run_litert(data, prog, vec))
+        exact = tflm["differing_bytes"] == 0 and (lite["differing_bytes"] == 0 or has_fc)
+        report["exactness"] = dict(board=b.name, vectors=len(vec), tflm=tflm, litert_reference=lite,
+                                   litert_must_match=not has_fc, exact=exact)
+        report.update(_measure(fw_dir, b, totals, pl, text))
+    write_json(fw_dir / "firmware.json", report)
+    if run_dir is not None:
+        write_json(run_dir / "firmware.json", report)
+    if run and not report["exactness"]["exact"]:
+        raise VeriSparseError(f"the firmware's outputs differ from the interpreters' (TFLM: "
+                              f"{report['exactness']['tflm']['differing_bytes']} bytes, LiteRT: "
+                              f"{report['exactness']['litert_reference']['differing_bytes']}); see {fw_dir}/firmware.json")
+    return report

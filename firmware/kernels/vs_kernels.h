@@ -1,0 +1,90 @@
+/* VeriSparse int8 kernels: one function per op, a params struct per op, no allocation and
+ * no scratch buffers. Semantics are TFLite's reference integer kernels (as run by TFLM):
+ * NHWC tensors of batch 1, int8 activations with zero points, symmetric int8 weights with
+ * per-output-channel scales, int32 biases.
+ *
+ * Every weighted op folds the input zero point into its bias offline:
+ *   sum w * (x - zp_in) + b  ==  sum w * x + (b - zp_in * sum w)
+ * so the inner loop is one multiply-accumulate. Padding holds the input zero point, which
+ * contributes nothing: CONV_2D copies each output pixel's patch, padding included, into a
+ * scratch buffer (vs_conv2d_buffer_size bytes, planned in the arena); DEPTHWISE_CONV_2D
+ * takes the folded term back for taps that fall on padding. */
+#ifndef VS_KERNELS_H
+#define VS_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* CONV_2D, and FULLY_CONNECTED as a 1x1 convolution over a 1 x batch image. */
+typedef struct {
+    uint16_t in_h, in_w, in_c;
+    uint16_t out_h, out_w, out_c;
+    uint16_t k_h, k_w, stride_h, stride_w, dil_h, dil_w, pad_top, pad_left;
+    int32_t in_offset;         /* -(input zero point) */
+    int32_t out_offset;        /* output zero point */
+    int32_t act_min, act_max;  /* fused activation, in output units */
+    const int32_t *bias;       /* [out_c] bias + in_offset * sum(weights of the channel) */
+    const int32_t *mult;       /* [out_c] requantization significands */
+    const int8_t *shift;       /* [out_c] requantization exponents */
+} vs_conv_params;
+
+/* Sparse weights, per output channel: count[oc] entries over the channel's flattened
+ * (ky, kx, ic) patch, each a step from the previous entry (the first from position 0) and
+ * an int8 value. Steps over 255 are split with zero-valued entries. */
+typedef struct {
+    const uint16_t *count;
+    const uint8_t *delta;
+    const int8_t *value;
+} vs_sparse;
+
+typedef struct {
+    uint16_t in_h, in_w, in_c;
+    uint16_t out_h, out_w, out_c;  /* out_c = in_c * depth_mult */
+    uint16_t depth_mult;
+    uint16_t k_h, k_w, stride_h, stride_w, dil_h, dil_w, pad_top, pad_left;
+    int32_t in_offset, out_offset, act_min, act_max;
+    const int32_t *bias;
+    const int32_t *mult;
+    const int8_t *shift;
+} vs_depthwise_params;
+
+typedef struct {
+    uint16_t in_h, in_w, c;
+    uint16_t out_h, out_w;
+    uint16_t k_h, k_w, stride_h, stride_w, pad_top, pad_left;
+    int32_t act_min, act_max;
+} vs_pool_params;
+
+typedef struct {
+    uint32_t size;
+    int32_t in1_offset, in2_offset;  /* -(zero points) */
+    int32_t left_shift;              /* headroom before rescaling the inputs to a common scale */
+    int32_t in1_mult, in1_shift, in2_mult, in2_shift;
+    int32_t out_mult, out_shift, out_offset;
+    int32_t act_min, act_max;
+} vs_add_params;
+
+/* Scratch bytes vs_conv2d and vs_conv2d_sparse need: k_h * k_w * in_c, or 0 for 1x1
+ * filters (a pixel's channels are already the patch). */
+size_t vs_conv2d_buffer_size(const vs_conv_params *p);
+/* PAD of height and width, with the zero point (TFLite's int8 PAD pads with it) */
+typedef struct {
+    uint16_t in_h, in_w, c;
+    uint16_t out_h, out_w, pad_top, pad_left;
+    int32_t value;
+} vs_pad_params;
+
+/* weights: int8 [out_c][k_h][k_w][in_c] (TFLite's OHWI layout) */
+void vs_conv2d(const vs_conv_params *p, const int8_t *weights, const int8_t *in, int8_t *out, int8_t *buffer);
+void vs_conv2d_sparse(const vs_conv_params *p, const vs_sparse *weights, const int8_t *in, int8_t *out,
+                      int8_t *buffer);
+/* weights: int8 [k_h][k_w][out_c] */
+void vs_depthwise_conv2d(const vs_depthwise_params *p, const int8_t *weights, const int8_t *in, int8_t *out);
+void vs_max_pool2d(const vs_pool_params *p, const int8_t *in, int8_t *out);
+void vs_average_pool2d(const vs_pool_params *p, const int8_t *in, int8_t *out);
+void vs_add(const vs_add_params *p, const int8_t *in1, const int8_t *in2, int8_t *out);
+void vs_pad(const vs_pad_params *p, const int8_t *in, int8_t *out);
+/* RESHAPE only moves bytes, and only when its output cannot share its input's buffer. */
+void vs_reshape(size_t size, const int8_t *in, int8_t *out);
+
+#endif

@@ -1,0 +1,340 @@
+"""From a full-int8 TFLite graph to kernel calls with their parameters, computed offline.
+
+Every number a kernel needs is computed here exactly as TFLM computes it when it prepares
+the op: requantization multipliers (verisparse.fixedpoint), fused-activation ranges,
+padding, and the ADD rescaling. The C side only runs integer loops.
+
+QUANTIZE at the input and DEQUANTIZE at the output are left to the host: the firmware takes
+and returns the int8 tensors next to them (model.h gives their scales and zero points).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from verisparse.errors import VeriSparseError
+from verisparse.fixedpoint import quantize_multiplier, quantize_multipliers
+from verisparse.tflite_graph import Graph, Operator, Tensor
+
+from .sparse import SparseWeights, choose
+
+SUPPORTED = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "AVERAGE_POOL_2D", "MAX_POOL_2D", "ADD", "PAD",
+             "RESHAPE", "QUANTIZE", "DEQUANTIZE")
+ADD_LEFT_SHIFT = 20  # TFLM's headroom for int8 ADD
+
+
+@dataclass
+class Layer:
+    kernel: str  # C function: vs_conv2d, vs_conv2d_sparse, vs_depthwise_conv2d, ...
+    op: str  # the TFLite op it runs
+    inputs: list[int]  # activation tensors read
+    output: int
+    params: dict  # scalar fields of the C params struct
+    arrays: dict = field(default_factory=dict)  # name -> numpy array, emitted as const C arrays
+    sparse: SparseWeights | None = None
+    scratch_bytes: int = 0  # vs_conv2d_buffer_size: the input patch, planned in the arena
+    dense_weight_bytes: int = 0
+    stored_weight_bytes: int = 0
+    nonzero_weights: int = 0
+    dense_macs: int = 0
+    effective_macs: int = 0
+
+
+@dataclass
+class Program:
+    graph: Graph
+    layers: list[Layer]
+    input: Tensor  # the int8 tensor the firmware reads
+    output: Tensor  # the int8 tensor the firmware writes
+    float_input: bool  # the .tflite quantizes a float input itself (QUANTIZE stripped)
+    float_output: bool  # ... and dequantizes its output (DEQUANTIZE stripped)
+
+
+def _fail(op_index, op: Operator, why):
+    raise VeriSparseError(f"operator {op_index} ({op.opcode}): {why}")
+
+
+def round_half_away(x):
+    return np.sign(x) * np.floor(np.abs(x) + 0.5)
+
+
+def activation_range(act: str, t: Tensor, where) -> tuple[int, int]:
+    """TFLite's CalculateActivationRangeQuantized: zero point + round(f / scale), in float32."""
+    scale, zp = np.float32(t.scale[0]), int(t.zero_point[0])
+
+    def q(f):
+        return zp + int(round_half_away(np.float32(f) / scale))
+
+    if act == "NONE":
+        return -128, 127
+    if act == "RELU":
+        return max(-128, q(0.0)), 127
+    if act == "RELU6":
+        return max(-128, q(0.0)), min(127, q(6.0))
+    if act == "RELU_N1_TO_1":
+        return max(-128, q(-1.0)), min(127, q(1.0))
+    raise VeriSparseError(f"{where}: fused activation {act} is not supported (NONE, RELU, RELU6, RELU_N1_TO_1 are)")
+
+
+def _padding(padding, in_size, k, stride, dil, out_size, where):
+    """TFLite's ComputePaddingWithOffset: the leading pad; checks the stored output size."""
+    eff = (k - 1) * dil + 1
+    expect = (in_size + stride - 1) // stride if padding == "SAME" else (in_size + stride - eff) // stride
+    if padding not in ("SAME", "VALID") or stride < 1 or dil < 1 or expect != out_size:
+        raise VeriSparseError(f"{where}: output size {out_size} does not follow from input {in_size}, filter {k}, "
+                              f"stride {stride}, dilation {dil}, padding {padding}; the model is inconsistent")
+    return max((out_size - 1) * stride + eff - in_size, 0) // 2
+
+
+def _check_int8(t: Tensor, what, where):
+    if t.dtype != np.int8 or len(t.scale) == 0:
+        kind = "float" if t.dtype.kind == "f" else t.dtype.name
+        raise VeriSparseError(
+            f"{where}: {what} {t.name!r} is {kind}, not quantized int8. The firmware needs a full-integer model "
+            "(float and hybrid/dynamic-range models are refused): convert with a representative dataset and "
+            "TFLITE_BUILTINS_INT8, as `verisparse export` does for model_int8.tflite")
+
+
+def _weights(g: Graph, idx, where) -> Tensor:
+    t = g.tensors[idx]
+    _check_int8(t, "weight tensor", where)
+    if t.data is None:
+        raise VeriSparseError(f"{where}: weights {t.name!r} are not constant")
+    if np.any(t.zero_point != 0):
+        raise VeriSparseError(f"{where}: weights {t.name!r} have non-zero zero points (asymmetric int8 weights); "
+                              "TFLite's int8 scheme uses symmetric weights")
+    return t
+
+
+def _bias(g: Graph, idx, n, where) -> np.ndarray:
+    if idx < 0:
+        return np.zeros(n, np.int64)
+    t = g.tensors[idx]
+    if t.dtype != np.int32 or t.data is None or t.data.size != n:
+        raise VeriSparseError(f"{where}: bias {t.name!r} must be {n} constant int32 values")
+    return t.data.astype(np.int64).ravel()
+
+
+def _folded_bias(bias, w2d, in_offset, where):
+    """bias + in_offset * sum(w) per output channel; refuses accumulators that could overflow int32."""
+    w = w2d.astype(np.int64)
+    folded = bias + in_offset * w.sum(axis=1)
+    worst = np.abs(bias) + np.abs(w).sum(axis=1) * 255
+    if worst.max(initial=0) >= 2 ** 31:
+        raise VeriSparseError(f"{where}: the int32 accumulator could overflow (bound {worst.max()}); "
+                              "TFLite's kernels would overflow too")
+    return folded.astype(np.int32)
+
+
+def _conv_like(g, k, op, x, w, bias_idx, y, geometry, per_tensor_fc=False) -> Layer:
+    """CONV_2D, or FULLY_CONNECTED as a 1x1 convolution. geometry: the C params' shape fields."""
+    where = f"operator {k} ({op.opcode})"
+    out_c = w.shape[0]
+    w4 = w.data.reshape(out_c, geometry["k_h"], geometry["k_w"], geometry["in_c"])
+    in_scale, out_scale = float(x.scale[0]), float(y.scale[0])
+    if per_tensor_fc:
+        # TFLM's per-tensor FULLY_CONNECTED multiplies the two scales in float32 first.
+        m, s = quantize_multiplier(float(np.float32(x.scale[0]) * np.float32(w.scale[0])) / out_scale)
+        mult, shift = np.full(out_c, m, np.int32), np.full(out_c, s, np.int32)
+    else:
+        fs = np.broadcast_to(w.scale, (out_c,))
+        mult, shift = quantize_multipliers(in_scale * fs / out_scale)
+    in_offset = -int(x.zero_point[0])
+    lo, hi = activation_range(op.options.get("fused_activation", "NONE"), y, where)
+    bias = _folded_bias(_bias(g, bias_idx, out_c, where), w4.reshape(out_c, -1), in_offset, where)
+    sparse = choose(w4)
+    nnz = int(np.count_nonzero(w4))
+    pixels = geometry["out_h"] * geometry["out_w"]
+    layer = Layer("vs_conv2d_sparse" if sparse else "vs_conv2d", op.opcode, [x.index], y.index,
+                  dict(geometry, out_c=out_c, in_offset=in_offset, out_offset=int(y.zero_point[0]),
+                       act_min=lo, act_max=hi),
+                  dict(bias=bias, mult=mult, shift=shift.astype(np.int8)), sparse,
+                  dense_weight_bytes=w4.size, stored_weight_bytes=sparse.nbytes if sparse else w4.size,
+                  nonzero_weights=nnz, dense_macs=pixels * w4.size, effective_macs=pixels * nnz)
+    if not sparse:
+        layer.arrays["weights"] = w4
+    if (geometry["k_h"], geometry["k_w"]) != (1, 1):
+        layer.scratch_bytes = w4[0].size
+    return layer
+
+
+def _conv(g, k, op):
+    x, y = g.tensors[op.inputs[0]], g.tensors[op.outputs[0]]
+    where = f"operator {k} (CONV_2D)"
+    w = _weights(g, op.inputs[1], where)
+    _, h, wd, c = _nhwc(x, where)
+    _, oh, ow, oc = _nhwc(y, where)
+    if w.data.ndim != 4 or w.shape[0] != oc or w.shape[3] != c:
+        raise VeriSparseError(f"{where}: filter {w.shape} does not map {x.shape} to {y.shape} "
+                              "(grouped convolutions are not supported)")
+    o = op.options
+    _, kh, kw, _ = w.shape
+    geo = dict(in_h=h, in_w=wd, in_c=c, out_h=oh, out_w=ow, k_h=kh, k_w=kw, stride_h=o["stride_h"],
+               stride_w=o["stride_w"], dil_h=o["dilation_h"], dil_w=o["dilation_w"],
+               pad_top=_padding(o["padding"], h, kh, o["stride_h"], o["dilation_h"], oh, where),
+               pad_left=_padding(o["padding"], wd, kw, o["stride_w"], o["dilation_w"], ow, where))
+    return _conv_like(g, k, op, x, w, op.inputs[2] if len(op.inputs) > 2 else -1, y, geo)
+
+
+def _fully_connected(g, k, op):
+    x, y = g.tensors[op.inputs[0]], g.tensors[op.outputs[0]]
+    where = f"operator {k} (FULLY_CONNECTED)"
+    w = _weights(g, op.inputs[1], where)
+    if op.options.get("weights_format", "DEFAULT") != "DEFAULT" or w.data.ndim != 2:
+        raise VeriSparseError(f"{where}: only DEFAULT 2-D weights are supported")
+    out_c, depth = w.shape
+    batch = int(np.prod(x.shape)) // depth if depth else 0
+    if batch * depth != int(np.prod(x.shape)) or int(np.prod(y.shape)) != batch * out_c:
+        raise VeriSparseError(f"{where}: weights {w.shape} do not map {x.shape} to {y.shape}")
+    # the batch becomes the width of a 1 x batch image, each pixel a vector of `depth` channels
+    geo = dict(in_h=1, in_w=batch, in_c=depth, out_h=1, out_w=batch, k_h=1, k_w=1, stride_h=1, stride_w=1,
+               dil_h=1, dil_w=1, pad_top=0, pad_left=0)
+    return _conv_like(g, k, op, x, w, op.inputs[2] if len(op.inputs) > 2 else -1, y, geo,
+                      per_tensor_fc=len(w.scale) == 1)
+
+
+def _depthwise(g, k, op):
+    x, y = g.tensors[op.inputs[0]], g.tensors[op.outputs[0]]
+    where = f"operator {k} (DEPTHWISE_CONV_2D)"
+    w = _weights(g, op.inputs[1], where)
+    _, h, wd, c = _nhwc(x, where)
+    _, oh, ow, oc = _nhwc(y, where)
+    if w.data.ndim != 4 or w.shape[0] != 1 or w.shape[3] != oc or oc % c:
+        raise VeriSparseError(f"{where}: filter {w.shape} does not map {x.shape} to {y.shape}")
+    o = op.options
+    _, kh, kw, _ = w.shape
+    fs = np.broadcast_to(w.scale, (oc,))
+    mult, shift = quantize_multipliers(float(x.scale[0]) * fs / float(y.scale[0]))
+    in_offset = -int(x.zero_point[0])
+    lo, hi = activation_range(o["fused_activation"], y, where)
+    w2d = w.data.reshape(kh * kw, oc).T
+    bias = _folded_bias(_bias(g, op.inputs[2] if len(op.inputs) > 2 else -1, oc, where), w2d, in_offset, where)
+    params = dict(in_h=h, in_w=wd, in_c=c, out_h=oh, out_w=ow, out_c=oc, depth_mult=oc // c, k_h=kh, k_w=kw,
+                  stride_h=o["stride_h"], stride_w=o["stride_w"], dil_h=o["dilation_h"], dil_w=o["dilation_w"],
+                  pad_top=_padding(o["padding"], h, kh, o["stride_h"], o["dilation_h"], oh, where),
+                  pad_left=_padding(o["padding"], wd, kw, o["stride_w"], o["dilation_w"], ow, where),
+                  in_offset=in_offset, out_offset=int(y.zero_point[0]), act_min=lo, act_max=hi)
+    nnz = int(np.count_nonzero(w.data))
+    return Layer("vs_depthwise_conv2d", op.opcode, [x.index], y.index, params,
+                 dict(weights=w.data.reshape(kh, kw, oc), bias=bias, mult=mult, shift=shift.astype(np.int8)),
+                 dense_weight_bytes=w.data.size, stored_weight_bytes=w.data.size, nonzero_weights=nnz,
+                 dense_macs=oh * ow * w.data.size, effective_macs=oh * ow * nnz)
+
+
+def _pool(g, k, op):
+    x, y = g.tensors[op.inputs[0]], g.tensors[op.outputs[0]]
+    where = f"operator {k} ({op.opcode})"
+    _, h, wd, c = _nhwc(x, where)
+    _, oh, ow, oc = _nhwc(y, where)
+    if oc != c or float(x.scale[0]) != float(y.scale[0]) or int(x.zero_point[0]) != int(y.zero_point[0]):
+        raise VeriSparseError(f"{where}: input and output must share channels, scale and zero point")
+    o = op.options
+    lo, hi = activation_range(o["fused_activation"], y, where)
+    params = dict(in_h=h, in_w=wd, c=c, out_h=oh, out_w=ow, k_h=o["filter_h"], k_w=o["filter_w"],
+                  stride_h=o["stride_h"], stride_w=o["stride_w"],
+                  pad_top=_padding(o["padding"], h, o["filter_h"], o["stride_h"], 1, oh, where),
+                  pad_left=_padding(o["padding"], wd, o["filter_w"], o["stride_w"], 1, ow, where),
+                  act_min=lo, act_max=hi)
+    kernel = "vs_max_pool2d" if op.opcode == "MAX_POOL_2D" else "vs_average_pool2d"
+    return Layer(kernel, op.opcode, [x.index], y.index, params)
+
+
+def _add(g, k, op):
+    a, b, y = g.tensors[op.inputs[0]], g.tensors[op.inputs[1]], g.tensors[op.outputs[0]]
+    where = f"operator {k} (ADD)"
+    if a.shape != b.shape or a.shape != y.shape:
+        raise VeriSparseError(f"{where}: shapes {a.shape} + {b.shape} -> {y.shape}; "
+                              "ADD with broadcasting is not supported")
+    sa, sb, sy = float(a.scale[0]), float(b.scale[0]), float(y.scale[0])
+    # TFLM's int8 ADD: both inputs to a common scale (twice the larger), with 20 bits of headroom
+    twice_max = 2.0 * max(sa, sb)
+    m1, s1 = quantize_multiplier(sa / twice_max)
+    m2, s2 = quantize_multiplier(sb / twice_max)
+    mo, so = quantize_multiplier(twice_max / ((1 << ADD_LEFT_SHIFT) * sy))
+    lo, hi = activation_range(op.options.get("fused_activation", "NONE"), y, where)
+    params = dict(size=int(np.prod(y.shape)), in1_offset=-int(a.zero_point[0]), in2_offset=-int(b.zero_point[0]),
+                  left_shift=ADD_LEFT_SHIFT, in1_mult=m1, in1_shift=s1, in2_mult=m2, in2_shift=s2,
+                  out_mult=mo, out_shift=so, out_offset=int(y.zero_point[0]), act_min=lo, act_max=hi)
+    return Layer("vs_add", "ADD", [a.index, b.index], y.index, params)
+
+
+def _pad(g, k, op):
+    x, y = g.tensors[op.inputs[0]], g.tensors[op.outputs[0]]
+    where = f"operator {k} (PAD)"
+    _, h, wd, c = _nhwc(x, where)
+    _, oh, ow, oc = _nhwc(y, where)
+    pads = g.tensors[op.inputs[1]].data
+    if pads is None or pads.shape != (4, 2):
+        raise VeriSparseError(f"{where}: the paddings must be a constant 4 x 2 tensor")
+    pads = pads.astype(np.int64)
+    if pads[0].any() or pads[3].any() or (pads < 0).any():
+        raise VeriSparseError(f"{where}: only non-negative padding of height and width is supported")
+    if (oh, ow, oc) != (h + pads[1].sum(), wd + pads[2].sum(), c) or int(x.zero_point[0]) != int(y.zero_point[0]) \
+            or float(x.scale[0]) != float(y.scale[0]):
+        raise VeriSparseError(f"{where}: {x.shape} padded by {pads.tolist()} is not {y.shape} at the same scale")
+    params = dict(in_h=h, in_w=wd, c=c, out_h=oh, out_w=ow, pad_top=int(pads[1, 0]), pad_left=int(pads[2, 0]),
+                  value=int(y.zero_point[0]))
+    return Layer("vs_pad", "PAD", [x.index], y.index, params)
+
+
+def _reshape(g, k, op):
+    x, y = g.tensors[op.inputs[0]], g.tensors[op.outputs[0]]
+    if int(np.prod(x.shape)) != int(np.prod(y.shape)):
+        raise VeriSparseError(f"operator {k} (RESHAPE): {x.shape} and {y.shape} differ in size")
+    return Layer("vs_reshape", "RESHAPE", [x.index], y.index, dict(size=int(np.prod(y.shape))))
+
+
+def _nhwc(t: Tensor, where):
+    if len(t.shape) != 4 or t.shape[0] != 1:
+        raise VeriSparseError(f"{where}: tensor {t.name!r} has shape {t.shape}; 4-D NHWC with batch 1 expected")
+    return t.shape
+
+
+_LOWER = {"CONV_2D": _conv, "DEPTHWISE_CONV_2D": _depthwise, "FULLY_CONNECTED": _fully_connected,
+          "AVERAGE_POOL_2D": _pool, "MAX_POOL_2D": _pool, "ADD": _add, "PAD": _pad, "RESHAPE": _reshape}
+
+
+def lower(g: Graph) -> Program:
+    if len(g.inputs) != 1 or len(g.outputs) != 1:
+        raise VeriSparseError(f"the model has {len(g.inputs)} inputs and {len(g.outputs)} outputs; "
+                              "the firmware supports one of each")
+    for k, op in enumerate(g.operators):
+        if op.opcode not in SUPPORTED:
+            raise VeriSparseError(f"operator {k} is {op.opcode}, which the firmware does not support "
+                                  f"(supported: {', '.join(SUPPORTED)})")
+    ops = list(enumerate(g.operators))
+    inp, out = g.tensors[g.inputs[0]], g.tensors[g.outputs[0]]
+    float_in = float_out = False
+    if ops and ops[0][1].opcode == "QUANTIZE" and ops[0][1].inputs[0] == inp.index and inp.dtype == np.float32:
+        float_in, inp = True, g.tensors[ops[0][1].outputs[0]]
+        ops = ops[1:]
+    if ops and ops[-1][1].opcode == "DEQUANTIZE" and ops[-1][1].outputs[0] == out.index:
+        float_out, out = True, g.tensors[ops[-1][1].inputs[0]]
+        ops = ops[:-1]
+    for k, op in ops:
+        if op.opcode in ("QUANTIZE", "DEQUANTIZE"):
+            _fail(k, op, "supported only at the model's input (QUANTIZE) and output (DEQUANTIZE)")
+    _check_int8(inp, "input", "the model")
+    _check_int8(out, "output", "the model")
+    layers = []
+    for k, op in ops:
+        where = f"operator {k} ({op.opcode})"
+        acts = [op.inputs[0], *op.outputs] + ([op.inputs[1]] if op.opcode == "ADD" else [])
+        for t in acts:
+            _check_int8(g.tensors[t], "tensor", where)
+        if len(op.outputs) != 1:
+            _fail(k, op, "exactly one output expected")
+        layers.append(_LOWER[op.opcode](g, k, op))
+    if not layers:
+        raise VeriSparseError("the model computes nothing (no operators between input and output)")
+    produced = {inp.index}
+    for l in layers:  # TFLite stores operators in execution order
+        for t in l.inputs:
+            if t not in produced:
+                raise VeriSparseError(f"{l.op} reads tensor {g.tensors[t].name!r}, which no earlier operator "
+                                      "writes (constant activations are not supported)")
+        produced.add(l.output)
+    if out.index not in produced:
+        raise VeriSparseError("no operator writes the model's output")
+    return Program(g, layers, inp, out, float_in, float_out)

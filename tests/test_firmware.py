@@ -1,0 +1,224 @@
+"""Firmware: fixed-point helpers, sparse storage, arena plan, the generated C under host
+sanitizers, bad input, and (slow) the whole zoo in QEMU, byte for byte against TFLM and LiteRT."""
+import json
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from conftest import MODES, ZOO
+from firmware_zoo import KERAS_MODELS, keras_float, keras_softmax
+from verisparse.cli import main
+from verisparse.firmware import toolchain
+from verisparse.firmware.generate import generate_firmware
+from verisparse.firmware.lower import lower
+from verisparse.firmware.plan import plan
+from verisparse.firmware.reference import run_litert, run_tflm
+from verisparse.firmware.sparse import encode
+from verisparse.firmware.vectors import make_vectors
+from verisparse.fixedpoint import multiply_by_quantized_multiplier, quantize_multiplier
+from verisparse.tflite_graph import read_tflite
+
+needs_arm = pytest.mark.skipif(shutil.which("arm-none-eabi-gcc") is None or shutil.which("qemu-system-arm") is None,
+                               reason="`make test` installs the toolchain (make toolchain)")
+
+
+def _gemmlowp(x, q, shift):
+    """Scalar MultiplyByQuantizedMultiplier with Python ints, written from the definition."""
+    left, right = max(shift, 0), max(-shift, 0)
+    a = ((x << left) + 2 ** 31) % 2 ** 32 - 2 ** 31
+    if a == q == -2 ** 31:
+        high = 2 ** 31 - 1
+    else:
+        ab = a * q
+        s = ab + (2 ** 30 if ab >= 0 else 1 - 2 ** 30)
+        high = s // 2 ** 31 if s >= 0 else -((-s) // 2 ** 31)
+    mask = (1 << right) - 1
+    return (high >> right) + ((high & mask) > (mask >> 1) + (high < 0))
+
+
+def test_fixedpoint_against_scalar_definition():
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.integers(-2 ** 31, 2 ** 31, 4000), [0, 1, -1, 2 ** 31 - 1, -2 ** 31]])
+    for m in [0.5, 0.75, 1e-3, 3.1e-5, 0.9999999, 1.5, 7.25, 2.0 ** -31, rng.uniform(0, 1)]:
+        q, s = quantize_multiplier(m)
+        assert 2 ** 30 <= q < 2 ** 31 and abs(q * 2.0 ** (s - 31) - m) <= m * 2 ** -30
+        got = multiply_by_quantized_multiplier(x, q, s)
+        want = [_gemmlowp(int(v), q, s) for v in x]
+        np.testing.assert_array_equal(got, want)
+    assert quantize_multiplier(0.0) == (0, 0) and quantize_multiplier(2.0 ** -40) == (0, 0)
+    # M = 0.25 rounded twice: 5 * 0.25 = 1.25 -> 2.5 (half up) -> 3 -> 3 / 2 = 1.5 (half away) -> 2
+    assert multiply_by_quantized_multiplier(np.array([3, -3, 5, -5]), 1 << 30, -1).tolist() == [1, -1, 2, -1]
+
+
+def test_sparse_encoding_round_trips_and_splits_long_steps():
+    rng = np.random.default_rng(1)
+    w = (rng.integers(-127, 128, (6, 3, 3, 200)) * (rng.random((6, 3, 3, 200)) < 0.05)).astype(np.int8)
+    w[2] = 0
+    w[3, 2, 2, 199], w[3, 0, 0, 0] = 5, -7  # a step of 1799 positions
+    s = encode(w)
+    dense = np.zeros((6, 1800), np.int8)
+    d, v = iter(s.delta.tolist()), iter(s.value.tolist())
+    for oc, n in enumerate(s.count):
+        pos = 0
+        for _ in range(n):
+            pos += next(d)
+            dense[oc, pos] += next(v)
+    np.testing.assert_array_equal(dense, w.reshape(6, -1))
+    assert s.count[2] == 0 and s.delta.max() <= 255
+
+
+@pytest.fixture(scope="module")
+def keras_models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("keras")
+    paths = {}
+    for name, build in KERAS_MODELS.items():
+        paths[name] = root / f"{name}.tflite"
+        paths[name].write_bytes(build())
+    return paths
+
+
+def test_arena_plan_is_minimal_and_never_overlaps_live_tensors(keras_models):
+    for path in keras_models.values():
+        prog = lower(read_tflite(path))
+        pl = plan(prog)
+        assert pl.arena_bytes == pl.lower_bound_bytes
+        live = []
+        for i, layer in enumerate(prog.layers):
+            for t in [*layer.inputs, layer.output]:
+                kind, off = pl.where[t]
+                if kind == "arena":
+                    live.append((off, off + int(np.prod(prog.graph.tensors[t].shape)), i))
+        for a0, a1, i in live:
+            for b0, b1, j in live:
+                if i == j and (a0, a1) != (b0, b1):
+                    assert a1 <= b0 or b1 <= a0, "two tensors of one layer share bytes"
+
+
+def _expected(path, prog, n=200):
+    data = path.read_bytes()
+    vec = make_vectors(n, prog.input.shape[1:], float(prog.input.scale[0]), int(prog.input.zero_point[0]))
+    return vec, run_tflm(data, prog, vec), run_litert(data, prog, vec)
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="needs a host C compiler")
+def test_host_build_under_sanitizers_matches_tflm(keras_models, tmp_path):
+    """model.c and the kernels with host gcc, -Wall -Wextra -Werror, ASan and UBSan, on random
+    inputs and the extremes (all -128, all 127): every byte equals TFLM's."""
+    ops = set()
+    for name, path in keras_models.items():
+        out = tmp_path / name
+        generate_firmware(path, "mps2-an386", out, vectors=200)
+        prog = lower(read_tflite(path))
+        ops |= {l.op for l in prog.layers} | ({"QUANTIZE"} if prog.float_input else set())
+        ops |= {"DEQUANTIZE"} if prog.float_output else set()
+        vec, tflm, lite = _expected(path, prog)
+        assert (vec[0] == -128).all() and (vec[1] == 127).all()
+        fw = toolchain.parse_outputs(toolchain.run_host(out), 200, int(np.prod(prog.output.shape)))
+        np.testing.assert_array_equal(fw, tflm, err_msg=name)
+        if "FULLY_CONNECTED" not in {l.op for l in prog.layers}:
+            np.testing.assert_array_equal(fw, lite, err_msg=name)
+        else:  # LiteRT's reference FULLY_CONNECTED rounds once: at most 1 LSB apart
+            assert np.abs(fw.astype(int) - lite).max() <= 1
+    assert ops >= {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "MAX_POOL_2D", "AVERAGE_POOL_2D", "ADD",
+                   "RESHAPE", "QUANTIZE", "DEQUANTIZE"}
+    src = (tmp_path / "keras_cnn" / "model.c").read_text()
+    assert "vs_conv2d_sparse" in src and "malloc" not in src
+
+
+def _cli(*args):
+    r = CliRunner().invoke(main, list(map(str, args)))
+    return r.exit_code, r.output
+
+
+def test_bad_input_is_one_clear_message(tmp_path, keras_models):
+    good = keras_models["keras_cnn"].read_bytes()
+    cases = {
+        "truncated.tflite": (good[: len(good) // 3], "not a valid TFLite flatbuffer"),
+        "corrupt.tflite": (good[:8] + b"\xff" * 64 + good[72:], "not a valid TFLite flatbuffer"),
+        "text.tflite": (b"this is not a model", "not a TFLite model"),
+        "float.tflite": (keras_float(), "float, not quantized int8"),
+        "softmax.tflite": (keras_softmax(), "SOFTMAX, which the firmware does not support"),
+    }
+    for name, (data, message) in cases.items():
+        (tmp_path / name).write_bytes(data)
+        code, out = _cli("firmware", tmp_path / name, "--out", tmp_path / "fw")
+        assert code == 2 and message in out and "Traceback" not in out, (name, out)
+    (tmp_path / "run").mkdir()
+    code, out = _cli("firmware", tmp_path / "run")
+    assert code == 2 and "run `verisparse export" in out
+    code, out = _cli("firmware", keras_models["keras_cnn"], "--board", "stm32", "--out", tmp_path / "fw")
+    assert code == 2 and "unknown board" in out
+
+
+def test_model_larger_than_the_board_says_the_numbers(tmp_path):
+    import tensorflow as tf
+    from firmware_zoo import _convert
+
+    model = tf.keras.Sequential([tf.keras.layers.Input((160, 160, 3), batch_size=1),
+                                 tf.keras.layers.Conv2D(8, 3, padding="same"), tf.keras.layers.Conv2D(4, 3)])
+    path = tmp_path / "big.tflite"
+    path.write_bytes(_convert(model, (160, 160, 3)))
+    code, out = _cli("firmware", path, "--board", "generic", "--out", tmp_path / "fw")
+    assert code == 2 and "+ 15360000 for 200 test vectors" in out and "more than generic's 1048576 bytes" in out
+    code, out = _cli("firmware", path, "--board", "generic", "--out", tmp_path / "fw", "--vectors", 1)
+    assert code == 2 and re.search(r"needs 2048\d\d bytes of activation arena", out), out
+    assert "more than generic's 131072 bytes of RAM" in out
+
+
+@needs_arm
+def test_cli_run_on_a_project_run_directory(zoo_exports):
+    """The command on a run directory: builds, runs in QEMU on M4, writes both firmware.json."""
+    run, _ = zoo_exports[("cnn_4layer", "unstructured")]
+    code, out = _cli("firmware", run, "--board", "mps2-an386", "--out", run / "firmware", "--run")
+    assert code == 0, out
+    assert "200/200 vectors identical to TFLM" in out
+    r = json.loads((run / "firmware.json").read_text())
+    assert r == json.loads((run / "firmware" / "firmware.json").read_text())
+    assert r["exactness"]["exact"] and r["exactness"]["litert_reference"]["differing_bytes"] == 0
+    assert r["flash"]["within_target"] and r["ram"]["within_target"], (r["flash"], r["ram"])
+    assert r["instructions"]["per_inference"] > r["totals"]["effective_macs"]
+    assert any(l.get("storage") == "sparse" for l in r["layers"])
+
+
+@needs_arm
+@pytest.mark.slow
+def test_zoo_is_bit_exact_in_qemu(zoo_exports, keras_models, tmp_path):
+    """Every zoo model in every sparsity mode and the Keras op coverage models, on Cortex-M3
+    and Cortex-M4: at least 200 vectors each, every byte equal to TFLM's (and LiteRT's where
+    it rounds the same way), and to the host build's under the sanitizers. M7 and M33 on one
+    model each; instruction counts repeatable."""
+    sources = {f"{a}-{m}": zoo_exports[(a, m)][0] for a in ZOO for m in MODES}
+    sources.update(keras_models)
+    for name, src in sources.items():
+        for board in ("mps2-an385", "mps2-an386"):
+            fw = tmp_path / f"{name}-{board}"
+            r = generate_firmware(src, board, fw, run=True, vectors=200)
+            e = r["exactness"]
+            assert e["exact"] and e["vectors"] == 200 and e["tflm"]["identical_vectors"] == 200, (name, board, e)
+        # the same C on the host under ASan/UBSan, same vectors, same bytes as TFLM
+        tfl = src / "model_int8.tflite" if src.is_dir() else src
+        prog = lower(read_tflite(tfl))
+        vec = make_vectors(200, prog.input.shape[1:], float(prog.input.scale[0]), int(prog.input.zero_point[0]),
+                           src if src.is_dir() else None)
+        host = toolchain.parse_outputs(toolchain.run_host(fw), 200, int(np.prod(prog.output.shape)))
+        np.testing.assert_array_equal(host, run_tflm(tfl.read_bytes(), prog, vec), err_msg=name)
+    for board in ("mps2-an500", "mps2-an505"):
+        r = generate_firmware(keras_models["keras_cnn"], board, tmp_path / board, run=True)
+        assert r["exactness"]["exact"], (board, r["exactness"])
+    fw = tmp_path / "keras_cnn-mps2-an386"
+    counts = {toolchain.parse_measurements(toolchain.run_qemu(fw))["instructions_per_inference"] for _ in range(2)}
+    assert len(counts) == 1
+
+
+def test_generated_project_compiles_for_every_board_without_warnings(keras_models, tmp_path):
+    if shutil.which("arm-none-eabi-gcc") is None:
+        pytest.skip("`make test` installs the toolchain (make toolchain)")
+    for board in ("mps2-an385", "mps2-an500", "mps2-an505", "generic"):
+        out = tmp_path / board
+        generate_firmware(keras_models["keras_residual"], board, out, vectors=4)
+        subprocess.run(["make", "-s", "-C", str(out), "all"], check=True, capture_output=True)
+        assert (out / "fw.elf").exists() and (out / "size.elf").exists()
