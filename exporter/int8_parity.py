@@ -5,7 +5,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from verisparse.int8_runtime import dequantize, io_quantization, litert, quantize, run_litert, run_tflm
+from verisparse.int8_runtime import io_quantization, litert, quantize, run_litert, run_tflm
 
 from .tflite_export import to_nhwc
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from verisparse.errors import VeriSparseError
-from verisparse.fixedpoint import quantize_multiplier, quantize_multipliers
+from verisparse.fixedpoint import activation_range, quantize_multiplier, quantize_multipliers
 from verisparse.tflite_graph import Graph, Operator, Tensor
 
 from .sparse import SparseWeights, choose
@@ -53,28 +53,6 @@ class Program:
 
 def _fail(op_index, op: Operator, why):
     raise VeriSparseError(f"operator {op_index} ({op.opcode}): {why}")
-
-
-def round_half_away(x):
-    return np.sign(x) * np.floor(np.abs(x) + 0.5)
-
-
-def activation_range(act: str, t: Tensor, where) -> tuple[int, int]:
-    """TFLite's CalculateActivationRangeQuantized: zero point + round(f / scale), in float32."""
-    scale, zp = np.float32(t.scale[0]), int(t.zero_point[0])
-
-    def q(f):
-        return zp + int(round_half_away(np.float32(f) / scale))
-
-    if act == "NONE":
-        return -128, 127
-    if act == "RELU":
-        return max(-128, q(0.0)), 127
-    if act == "RELU6":
-        return max(-128, q(0.0)), min(127, q(6.0))
-    if act == "RELU_N1_TO_1":
-        return max(-128, q(-1.0)), min(127, q(1.0))
-    raise VeriSparseError(f"{where}: fused activation {act} is not supported (NONE, RELU, RELU6, RELU_N1_TO_1 are)")
 
 
 def _padding(padding, in_size, k, stride, dil, out_size, where):
@@ -141,7 +119,7 @@ def _conv_like(g, k, op, x, w, bias_idx, y, geometry, per_tensor_fc=False) -> La
         fs = np.broadcast_to(w.scale, (out_c,))
         mult, shift = quantize_multipliers(in_scale * fs / out_scale)
     in_offset = -int(x.zero_point[0])
-    lo, hi = activation_range(op.options.get("fused_activation", "NONE"), y, where)
+    lo, hi = activation_range(op.options.get("fused_activation", "NONE"), y.scale[0], y.zero_point[0], where)
     bias = _folded_bias(_bias(g, bias_idx, out_c, where), w4.reshape(out_c, -1), in_offset, where)
     sparse = choose(w4)
     nnz = int(np.count_nonzero(w4))
@@ -207,7 +185,7 @@ def _depthwise(g, k, op):
     fs = np.broadcast_to(w.scale, (oc,))
     mult, shift = quantize_multipliers(float(x.scale[0]) * fs / float(y.scale[0]))
     in_offset = -int(x.zero_point[0])
-    lo, hi = activation_range(o["fused_activation"], y, where)
+    lo, hi = activation_range(o["fused_activation"], y.scale[0], y.zero_point[0], where)
     w2d = w.data.reshape(kh * kw, oc).T
     bias = _folded_bias(_bias(g, op.inputs[2] if len(op.inputs) > 2 else -1, oc, where), w2d, in_offset, where)
     params = dict(in_h=h, in_w=wd, in_c=c, out_h=oh, out_w=ow, out_c=oc, depth_mult=oc // c, k_h=kh, k_w=kw,
@@ -230,7 +208,7 @@ def _pool(g, k, op):
     if oc != c or float(x.scale[0]) != float(y.scale[0]) or int(x.zero_point[0]) != int(y.zero_point[0]):
         raise VeriSparseError(f"{where}: input and output must share channels, scale and zero point")
     o = op.options
-    lo, hi = activation_range(o["fused_activation"], y, where)
+    lo, hi = activation_range(o["fused_activation"], y.scale[0], y.zero_point[0], where)
     params = dict(in_h=h, in_w=wd, c=c, out_h=oh, out_w=ow, k_h=o["filter_h"], k_w=o["filter_w"],
                   stride_h=o["stride_h"], stride_w=o["stride_w"],
                   pad_top=_padding(o["padding"], h, o["filter_h"], o["stride_h"], 1, oh, where),
@@ -252,7 +230,7 @@ def _add(g, k, op):
     m1, s1 = quantize_multiplier(sa / twice_max)
     m2, s2 = quantize_multiplier(sb / twice_max)
     mo, so = quantize_multiplier(twice_max / ((1 << ADD_LEFT_SHIFT) * sy))
-    lo, hi = activation_range(op.options.get("fused_activation", "NONE"), y, where)
+    lo, hi = activation_range(op.options.get("fused_activation", "NONE"), y.scale[0], y.zero_point[0], where)
     params = dict(size=int(np.prod(y.shape)), in1_offset=-int(a.zero_point[0]), in2_offset=-int(b.zero_point[0]),
                   left_shift=ADD_LEFT_SHIFT, in1_mult=m1, in1_shift=s1, in2_mult=m2, in2_shift=s2,
                   out_mult=mo, out_shift=so, out_offset=int(y.zero_point[0]), act_min=lo, act_max=hi)

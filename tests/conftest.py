@@ -13,6 +13,16 @@ MODES = {"dense": dict(baseline="dense"), "unstructured": dict(sparsity=0.9),
          "structured": dict(structure="structured", sparsity=0.5)}
 
 
+def trained_digits_export(out, arch, eps, epochs, **kw):
+    """A short certified training run on digits (0.9 sparse unless kw says otherwise), exported."""
+    from verisparse.exporter.export import export_run
+    from verisparse.trainer.train import TrainConfig, train
+    kw = dict(dict(batch_size=128, update_every=5, sparsity=0.9), **kw)
+    train(TrainConfig(dataset="digits", arch=arch, eps=eps, epochs=epochs, **kw), out, progress=False)
+    export_run(out)
+    return out
+
+
 @pytest.fixture(scope="session")
 def zoo_runs(tmp_path_factory):
     """Every zoo architecture in every sparsity mode, briefly trained on digits (8x8).
@@ -40,3 +50,12 @@ def zoo_exports(zoo_runs):
     """(run directory, export report) per (arch, mode): model.onnx and model_int8.tflite written."""
     from verisparse.exporter.export import export_run
     return {key: (run, export_run(run, calibration=200)) for key, run in zoo_runs.items()}
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny networks: a second OpenMP thread only adds synchronisation."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

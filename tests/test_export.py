@@ -9,7 +9,6 @@ import torch
 from torch import nn
 
 from verisparse.errors import VeriSparseError
-from verisparse.exporter.export import export_run
 from verisparse.exporter.fold import fold
 from verisparse.trainer.layers import MaskedConv2d, MaskedLinear
 from conftest import MODES, ZOO

@@ -8,18 +8,13 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from conftest import trained_digits_export
 from verisparse.cli import main
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    from verisparse.exporter.export import export_run
-    from verisparse.trainer.train import TrainConfig, train
-    out = tmp_path_factory.mktemp("verify") / "mlp"
-    train(TrainConfig(dataset="digits", arch="mlp_2layer", eps=0.05, epochs=3, batch_size=128, update_every=5,
-                      sparsity=0.9), out, progress=False)
-    export_run(out)
-    return out
+    return trained_digits_export(tmp_path_factory.mktemp("verify") / "mlp", "mlp_2layer", eps=0.05, epochs=3)
 
 
 def _verify(*args):

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import trained_digits_export
 from verisparse.fixedpoint import multiply_by_quantized_multiplier, quantize_multipliers
 from verisparse.verify import ops
 from verisparse.verify.bounds import BoundedNet, margin_spec
@@ -32,13 +33,7 @@ def _random_int8_net(gen, classes=4):
     return BoundedNet(layers), (c, h, h)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small networks: a second OpenMP thread only adds synchronisation."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks
 
 
 @pytest.mark.parametrize("chunk", range(4))
@@ -97,13 +92,7 @@ def test_fully_connected_hull_covers_both_roundings():
 
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory):
-    from verisparse.exporter.export import export_run
-    from verisparse.trainer.train import TrainConfig, train
-    out = tmp_path_factory.mktemp("int8") / "cnn"
-    train(TrainConfig(dataset="digits", arch="cnn_4layer", eps=0.05, epochs=8, batch_size=128, update_every=5,
-                      sparsity=0.9), out, progress=False)
-    export_run(out)
-    return out
+    return trained_digits_export(tmp_path_factory.mktemp("int8") / "cnn", "cnn_4layer", eps=0.05, epochs=8)
 
 
 @pytest.mark.slow

@@ -17,13 +17,7 @@ from verisparse.verify.from_torch import bounded_net
 from verisparse.verify.milp import MilpNet, verify_sample
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These networks are tiny: a second OpenMP thread only adds synchronisation."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks
 
 
 def _runtime(model):

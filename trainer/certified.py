@@ -7,7 +7,6 @@ the eps ramp (Zhang et al., 2020).
 """
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 
 from verisparse.verify.bounds import input_box, margin_spec

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from verisparse.errors import VeriSparseError
-from verisparse.fixedpoint import multiply_by_quantized_multiplier, quantize_multipliers
+from verisparse.fixedpoint import activation_range, multiply_by_quantized_multiplier, quantize_multipliers
 
 from . import ops
 from .bounds import BoundedNet
@@ -298,24 +298,10 @@ def _affine(g, op, t_in, t_out, shape, where):
         result.append(ops.Conv2d(W, bias, (sh, sw), padding, conv_in))
         out_shape = (out_ch, oh, ow)
     # the input offset: acc = sum w (q_in - zp_in) + bias, and u already is q_in - zp_in
-    qmin, qmax = _activation_range(op.options.get("fused_activation", "NONE"), t_out, where)
+    act = op.options.get("fused_activation", "NONE")
+    qmin, qmax = activation_range(act, t_out.scale[0], t_out.zero_point[0], where)
     result.append(Requant(q, s, int(t_out.zero_point[0]), qmin, qmax, out_shape,
                           both_roundings=op.opcode == "FULLY_CONNECTED"))
     if len(t_out.scale) != 1:
         raise VeriSparseError(f"{where}: output activations must have one scale")
     return result, out_shape
-
-
-def _activation_range(act, t, where):
-    """TFLite's CalculateActivationRangeQuantized for int8."""
-    scale, zp = float(t.scale[0]), int(t.zero_point[0])
-    rq = lambda v: zp + int(np.sign(v / scale) * np.floor(abs(v / scale) + 0.5))
-    if act == "NONE":
-        return -128, 127
-    if act == "RELU":
-        return max(-128, rq(0.0)), 127
-    if act == "RELU6":
-        return max(-128, rq(0.0)), min(127, rq(6.0))
-    if act == "RELU_N1_TO_1":
-        return max(-128, rq(-1.0)), min(127, rq(1.0))
-    raise VeriSparseError(f"{where}: fused activation {act} is not supported")

@@ -14,6 +14,8 @@ import math
 
 import numpy as np
 
+from .errors import VeriSparseError
+
 INT32_MIN, INT32_MAX = -(1 << 31), (1 << 31) - 1
 
 
@@ -60,3 +62,19 @@ def multiply_by_quantized_multiplier(x, multiplier, shift) -> np.ndarray:
     mask = (np.int64(1) << right) - 1
     threshold = (mask >> 1) + (high < 0)
     return (high >> right) + ((high & mask) > threshold)
+
+
+def activation_range(act: str, scale: float, zero_point: int, where: str) -> tuple[int, int]:
+    """TFLite's CalculateActivationRangeQuantized for int8: the clamp a fused activation
+    becomes, zero_point + round_half_away(f / scale) in float32 as TFLite computes it."""
+    s, zp = np.float32(scale), int(zero_point)
+
+    def q(f):
+        v = np.float32(f) / s
+        return zp + int(np.sign(v) * np.floor(np.abs(v) + np.float32(0.5)))
+
+    ranges = {"NONE": (-128, 127), "RELU": (max(-128, q(0.0)), 127), "RELU6": (max(-128, q(0.0)), min(127, q(6.0))),
+              "RELU_N1_TO_1": (max(-128, q(-1.0)), min(127, q(1.0)))}
+    if act not in ranges:
+        raise VeriSparseError(f"{where}: fused activation {act} is not supported ({', '.join(ranges)} are)")
+    return ranges[act]
