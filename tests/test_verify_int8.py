@@ -9,7 +9,7 @@ from conftest import trained_digits_export
 from verisparse.fixedpoint import multiply_by_quantized_multiplier, quantize_multipliers
 from verisparse.verify import ops
 from verisparse.verify.bounds import BoundedNet, margin_spec
-from verisparse.verify.int8_bounds import NHWCReshape, Pad2d, Requant, single_rounding
+from verisparse.verify.int8_bounds import NHWCReshape, Pad2d, Requant, margin_ibp, single_rounding
 
 
 def _random_int8_net(gen, classes=4):
@@ -39,7 +39,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks
 @pytest.mark.parametrize("chunk", range(4))
 def test_int8_bounds_contain_every_reachable_integer_output(chunk):
     """200 random integer networks; boxes of integer inputs; every sampled integer input (box
-    corners included) has outputs and margins inside the IBP and CROWN bounds."""
+    corners included) has outputs and margins inside the IBP and CROWN bounds, and margins
+    above the merged-last-layer IBP bound, which is tighter than plain IBP somewhere."""
+    tighter = 0
     for k in range(50):
         gen = torch.Generator().manual_seed(1000 + chunk * 50 + k)
         net, shape = _random_int8_net(gen)
@@ -51,6 +53,7 @@ def test_int8_bounds_contain_every_reachable_integer_output(chunk):
         with torch.no_grad():
             ibp_l, ibp_u = net.ibp(lo, hi, C)
             cr_l, cr_u = net.crown(lo, hi, C, upper=True)
+            merged = margin_ibp(net, lo, hi, C)
         u = torch.rand(3, 300, *shape, generator=gen).double()
         u[:, :100] = u[:, :100].round()
         pts = (lo.unsqueeze(1) + ((hi - lo).unsqueeze(1) * u).round()).flatten(0, 1)
@@ -60,7 +63,26 @@ def test_int8_bounds_contain_every_reachable_integer_output(chunk):
         for lo_b, hi_b in ((ibp_l, ibp_u), (cr_l, cr_u)):
             assert (lo_b.unsqueeze(1) <= m + 1e-6).all()
             assert (m <= hi_b.unsqueeze(1) + 1e-6).all()
+        assert (merged.unsqueeze(1) <= m + 1e-6).all()
+        tighter += int((merged > ibp_l + 1e-6).sum())
         assert (out == out.round()).all()  # the forward really is integer arithmetic
+    assert tighter > 0
+
+
+def test_merged_margin_bound_respects_saturated_logits():
+    """Logits 2x and x for x in [100, 127] at multiplier 1: the first saturates at 127, so
+    the margin is 0 at x = 127 although 2x - x >= 100; the merged bound must not claim it."""
+    q, s = quantize_multipliers(np.array([1.0, 1.0]))
+    weight, bias = torch.tensor([[2.0], [1.0]], dtype=torch.float64), torch.zeros(2, dtype=torch.float64)
+    net = BoundedNet([ops.Linear(weight, bias), Requant(q, s, 0, -128, 127, (2,))])
+    lo, hi = torch.full((1, 1), 100.0, dtype=torch.float64), torch.full((1, 1), 127.0, dtype=torch.float64)
+    C = margin_spec(torch.tensor([0]), 2).double()
+    margin = net.forward(hi) @ C[0].T
+    assert margin[0, 1] == 0
+    assert margin_ibp(net, lo, hi, C)[0, 1] <= 0
+    # below saturation the merged bound is the tight one: 2x - x - 2 * err
+    lo, hi = lo - 60, hi - 70
+    assert margin_ibp(net, lo, hi, C)[0, 1] > net.ibp(lo, hi, C)[0][0, 1]
 
 
 def test_requant_matches_tflite_fixed_point_and_its_ibp_is_exact():

@@ -38,7 +38,7 @@ def verified(margin_lower, y):
     return ((margin_lower > 0) | own).all(dim=1)
 
 
-def _concretize(A, const, x_l, x_u, lower: bool):
+def concretize(A, const, x_l, x_u, lower: bool):
     mid, rad = ((x_u + x_l) / 2).unsqueeze(1), ((x_u - x_l) / 2).unsqueeze(1)
     centre = (A * mid).flatten(2).sum(-1)
     spread = (A.abs() * rad).flatten(2).sum(-1)
@@ -135,7 +135,7 @@ class BoundedNet:
                 A_rows, c_rows = A[0, rows].unsqueeze(1), const[0, rows].unsqueeze(1)
                 for lower, flat, pick in ((True, flat_l, torch.maximum), (False, flat_u, torch.minimum)):
                     Ar, cr = self._backward(A_rows, j, pre, lower, rows=s)
-                    bound = _concretize(Ar, cr + c_rows, x_l[s], x_u[s], lower).squeeze(1)
+                    bound = concretize(Ar, cr + c_rows, x_l[s], x_u[s], lower).squeeze(1)
                     flat[s, neuron[part]] = pick(flat[s, neuron[part]], bound)
             pre[i] = (flat_l.view_as(l), flat_u.view_as(u))
         return pre
@@ -153,10 +153,10 @@ class BoundedNet:
             raise ValueError(f"unknown intermediate bounds {intermediate!r}")
         const0 = b if b is not None else W.new_zeros(W.shape[:2])
         Al, cl = self._backward(W, len(ops), pre, lower=True)
-        result = [_concretize(Al, cl + const0, x_l, x_u, True)]
+        result = [concretize(Al, cl + const0, x_l, x_u, True)]
         if upper:
             Au, cu = self._backward(W, len(ops), pre, lower=False)
-            result.append(_concretize(Au, cu + const0, x_l, x_u, False))
+            result.append(concretize(Au, cu + const0, x_l, x_u, False))
         if with_ibp:
             result.append(self._apply_spec(l, u, C)[0])
         return result[0] if len(result) == 1 else tuple(result)

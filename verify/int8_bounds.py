@@ -20,7 +20,7 @@ from verisparse.errors import VeriSparseError
 from verisparse.fixedpoint import activation_range, multiply_by_quantized_multiplier, quantize_multipliers
 
 from . import ops
-from .bounds import BoundedNet
+from .bounds import BoundedNet, concretize
 
 _TOL = 1e-4  # slack on float64 accumulator bounds before rounding them to integers
 SUPPORTED = "CONV_2D (per-channel or per-tensor), FULLY_CONNECTED, RESHAPE"
@@ -163,6 +163,35 @@ class NHWCReshape:
         B, S = A.shape[:2]
         inv = NHWCReshape(self.out_shape, self.in_shape)
         return inv.forward(A.reshape(B * S, *self.out_shape)).reshape(B, S, *self.in_shape), A.new_zeros(B, S)
+
+
+def margin_ibp(net: BoundedNet, l, u, C):
+    """IBP lower bounds on the int8 margins C·q with the last layer merged into the spec.
+
+    Bounding each logit alone and subtracting (what plain IBP does) forgets that the logits
+    share their inputs. Where the net ends in an affine op, a Requant and at most a reshape
+    to (classes,), the margin q_y - q_j is at least m_y·acc_y - m_j·acc_j - err_y - err_j,
+    a linear function of the last hidden layer that IBP bounds as a whole — provided q_y
+    is never clamped at the top and q_j never at the bottom (then clamping only helps),
+    which the per-logit intervals decide. Rows where that does not hold get -inf; None
+    when the net does not end that way."""
+    end = len(net.ops)
+    last = net.ops[-1] if end else None
+    if isinstance(last, NHWCReshape) and int(np.prod(last.in_shape)) == last.in_shape[0]:
+        end -= 1  # (K, 1, 1) -> (K,) keeps the class order
+    if end < 2 or not isinstance(net.ops[end - 1], Requant) or \
+            not isinstance(net.ops[end - 2], (ops.Linear, ops.Conv2d)):
+        return None
+    rq, affine = net.ops[end - 1], net.ops[end - 2]
+    for op in net.ops[:end - 2]:
+        l, u = op.ibp(l, u)
+    f_l, f_u = (t.flatten(1) for t in rq.ibp(*affine.ibp(l, u)))
+    m, err = rq.m.flatten().to(C), rq.err.flatten().to(C)
+    A, const = affine.backward((C * m).view(*C.shape[:2], *rq.shape))
+    lower = concretize(A, const, l, u, True) - C.abs() @ err
+    pos, neg = (C > 0).to(C), (C < 0).to(C)
+    clamped = pos @ (f_u >= rq.hi).to(C).unsqueeze(-1) + neg @ (f_l <= rq.lo).to(C).unsqueeze(-1)
+    return torch.where(clamped.squeeze(-1) > 0, torch.full_like(lower, -float("inf")), lower)
 
 
 class Int8Model:
