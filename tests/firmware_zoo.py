@@ -107,6 +107,18 @@ def keras_float() -> bytes:
     return tf.lite.TFLiteConverter.from_keras_model(model).convert()
 
 
+def keras_hybrid() -> bytes:
+    """A dynamic-range ("hybrid") model: int8 weights, float activations; refused too."""
+    import tensorflow as tf
+    from tensorflow.keras import layers
+
+    tf.keras.utils.set_random_seed(5)
+    model = tf.keras.Sequential([layers.Input((64,), batch_size=1), layers.Dense(32), layers.Dense(3)])
+    conv = tf.lite.TFLiteConverter.from_keras_model(model)
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]  # no representative data: weights-only int8
+    return conv.convert()
+
+
 def keras_softmax() -> bytes:
     """An int8 model ending in SOFTMAX, an op the firmware does not support."""
     import tensorflow as tf

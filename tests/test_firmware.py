@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import MODES, ZOO
-from firmware_zoo import KERAS_MODELS, keras_float, keras_softmax
+from firmware_zoo import KERAS_MODELS, keras_float, keras_hybrid, keras_softmax
 from verisparse.cli import main
 from verisparse.firmware import toolchain
 from verisparse.firmware.generate import generate_firmware
@@ -141,6 +141,7 @@ def test_bad_input_is_one_clear_message(tmp_path, keras_models):
         "corrupt.tflite": (good[:8] + b"\xff" * 64 + good[72:], "not a valid TFLite flatbuffer"),
         "text.tflite": (b"this is not a model", "not a TFLite model"),
         "float.tflite": (keras_float(), "float, not quantized int8"),
+        "hybrid.tflite": (keras_hybrid(), "float, not quantized int8"),
         "softmax.tflite": (keras_softmax(), "SOFTMAX, which the firmware does not support"),
     }
     for name, (data, message) in cases.items():

@@ -23,7 +23,7 @@ from . import ops
 from .bounds import BoundedNet, concretize
 
 _TOL = 1e-4  # slack on float64 accumulator bounds before rounding them to integers
-SUPPORTED = "CONV_2D (per-channel or per-tensor), FULLY_CONNECTED, RESHAPE"
+SUPPORTED = "CONV_2D (per-channel or per-tensor), FULLY_CONNECTED, PAD (height and width), RESHAPE"
 
 
 def single_rounding(acc, q, shift):
@@ -244,6 +244,12 @@ def from_graph(g) -> Int8Model:
             _same_quant(g.tensors[cur], out, where)
             result.append(NHWCReshape(shape, new))
             shape = new
+        elif op.opcode == "PAD":
+            pad = _pad(g, op, g.tensors[cur], out, shape, where)
+            result.append(pad)
+            shape = (shape[0], shape[1] + pad.pads[2] + pad.pads[3], shape[2] + pad.pads[0] + pad.pads[1])
+            if _nchw(out.shape, "pad output") != shape:
+                raise VeriSparseError(f"{where}: padding does not give the output shape {tuple(out.shape)}")
         elif op.opcode in ("CONV_2D", "FULLY_CONNECTED"):
             layer_ops, shape = _affine(g, op, g.tensors[cur], out, shape, where)
             result += layer_ops
@@ -265,9 +271,22 @@ def _nchw(shape, what):
     raise VeriSparseError(f"{what} shape {s} is not (1, H, W, C) or (1, N)")
 
 
-def _same_quant(a, b, where):
+def _pad(g, op, t_in, t_out, shape, where) -> Pad2d:
+    """TFLite PAD of height and width; int8 PAD fills with the zero point, which is u = 0."""
+    pads = g.tensors[op.inputs[1]].data if len(op.inputs) > 1 else None
+    if len(op.inputs) != 2 or pads is None or pads.shape != (4, 2) or len(shape) != 3:
+        raise VeriSparseError(f"{where}: only PAD of an NHWC tensor by a constant 4 x 2 paddings tensor "
+                              "(no constant_values) is supported")
+    pads = pads.astype(np.int64)
+    if pads[0].any() or pads[3].any() or (pads < 0).any():
+        raise VeriSparseError(f"{where}: only non-negative padding of height and width is supported")
+    _same_quant(t_in, t_out, where, "PAD")
+    return Pad2d(int(pads[1, 0]), int(pads[1, 1]), int(pads[2, 0]), int(pads[2, 1]), shape)
+
+
+def _same_quant(a, b, where, opcode="RESHAPE"):
     if not (np.array_equal(a.scale, b.scale) and np.array_equal(a.zero_point, b.zero_point)):
-        raise VeriSparseError(f"{where}: RESHAPE that changes quantization is not supported")
+        raise VeriSparseError(f"{where}: {opcode} that changes quantization is not supported")
 
 
 def _affine(g, op, t_in, t_out, shape, where):
