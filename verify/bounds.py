@@ -12,9 +12,20 @@ from .ops import AvgPool2d, Conv2d, Linear
 
 
 def _relaxed(op):
-    """Nonlinear ops (ReLU; the int8 verifier's requantization) carry backward_relaxed and
-    need their input bounds; every other op is affine."""
-    return hasattr(op, "backward_relaxed")
+    """Nonlinear ops (ReLU; the int8 verifier's requantization) have lines(l, u) instead of
+    backward: two linear bounds per neuron that depend on the neuron's input bounds."""
+    return hasattr(op, "lines")
+
+
+def _through_lines(A, lines, lower: bool):
+    """Pull A back through lo_s·x + lo_c <= f(x) <= up_s·x + up_c (per neuron; tensors shaped
+    like A without its spec dimension, or 0-d): a lower bound on A·f(x) takes the lower line
+    where A > 0 and the upper one where A < 0; an upper bound the other way round."""
+    lo_s, lo_c, up_s, up_c = (t.unsqueeze(1) if t.dim() else t for t in lines)
+    if not lower:
+        lo_s, lo_c, up_s, up_c = up_s, up_c, lo_s, lo_c
+    pos = A > 0
+    return A * torch.where(pos, lo_s, up_s), (A * torch.where(pos, lo_c, up_c)).flatten(2).sum(-1)
 
 # Intermediate CROWN bounds are built a chunk of neurons at a time; this caps the
 # elements of one chunk's linear-function tensor (about 4 bytes each).
@@ -98,8 +109,10 @@ class BoundedNet:
         for i in reversed(range(end)):
             op = self.ops[i]
             if _relaxed(op):
-                l, u = pre[i] if rows is None else (pre[i][0][rows], pre[i][1][rows])
-                A, c = op.backward_relaxed(A, l, u, lower=lower)
+                lines = op.lines(*pre[i])  # once per sample, then one copy per row
+                if rows is not None:
+                    lines = tuple(t[rows] if t.dim() else t for t in lines)
+                A, c = _through_lines(A, lines, lower)
             else:
                 A, c = op.backward(A)
             const = const + c

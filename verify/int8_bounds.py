@@ -6,7 +6,7 @@ layer is an exact integer affine map (int8 weights, int32 bias; weight zero poin
 TFLite int8) followed by Requant: TFLite's fixed-point MultiplyByQuantizedMultiplier,
 the output zero point and the activation clamp, all as one monotone integer function of
 the int32 accumulator. So interval bounds through Requant.ibp are exact per neuron for what
-TFLM / the firmware compute, and Requant.backward_relaxed gives CROWN a linear relaxation
+TFLM / the firmware compute, and Requant.lines gives CROWN a linear relaxation
 (the rounding is within eps of acc * M, then a clamp), making the usual CROWN machinery of
 verify.bounds apply to the integer network unchanged.
 """
@@ -82,7 +82,7 @@ class Requant:
         loose = ((lo <= self.lo) & (hi > self.lo)) | ((lo < self.hi) & (hi >= self.hi))
         return loose.view_as(l)
 
-    def _relax(self, l, u):
+    def lines(self, l, u):
         """(lower slope, lower intercept, upper slope, upper intercept) in acc, per neuron.
         f(acc) >= clamp(m acc - err) and <= clamp(m acc + err); each clamp of a line gets the
         ReLU-style relaxation on its one bent corner, or the exact constant ends otherwise."""
@@ -109,13 +109,6 @@ class Requant:
         cap = (wl >= lo) & (wl < hi) & (wu > hi) & (hi - wl >= wu - hi)  # y <= w beats y <= hi
         up_s, up_c = torch.where(cap, m.expand_as(l), up_s), torch.where(cap, e.expand_as(l), up_c)
         return lo_s, lo_c, up_s, up_c
-
-    def backward_relaxed(self, A, l, u, lower: bool):
-        lo_s, lo_c, up_s, up_c = (t.unsqueeze(1) for t in self._relax(l, u))
-        pos, neg = A.clamp(min=0), A.clamp(max=0)
-        if lower:
-            return pos * lo_s + neg * up_s, (pos * lo_c + neg * up_c).flatten(2).sum(-1)
-        return pos * up_s + neg * lo_s, (pos * up_c + neg * lo_c).flatten(2).sum(-1)
 
 
 class Pad2d:

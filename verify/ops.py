@@ -5,8 +5,8 @@ Each op maps a batch (B, *in_shape) to (B, *out_shape) and carries three rules:
   ibp(l, u)              interval bounds (sound for every x with l <= x <= u),
   backward(A)            pulls linear functions A (B, S, *out_shape) of the op's output back
                          to its input: returns (A', c) with A·op(x) = A'·x + c (affine ops only).
-ReLU is the one nonlinear op; its backward takes the pre-activation bounds and whether the
-bound being built is a lower or an upper one (CROWN's linear relaxation).
+ReLU is the one nonlinear op: instead of backward it has lines(l, u), CROWN's two linear
+bounds per neuron given its input bounds (verify.bounds pulls A through them).
 Everything is plain torch, so bounds are differentiable and run on CPU or CUDA.
 """
 from __future__ import annotations
@@ -208,8 +208,8 @@ class ReLU:
         return (l < 0) & (u > 0)
 
     @staticmethod
-    def relaxation(l, u):
-        """Lower slope, upper slope and upper intercept of CROWN's relaxation.
+    def lines(l, u):
+        """CROWN's relaxation: lo_s·x + lo_c <= relu(x) <= up_s·x + up_c per neuron.
 
         Unstable neurons (l < 0 < u) get the chord u/(u-l) above and the adaptive slope
         (1 where u >= -l, else 0) below; stable ones are exact."""
@@ -219,16 +219,4 @@ class ReLU:
         up_slope = torch.where(unstable, u / denom, active.to(u.dtype))
         up_icpt = torch.where(unstable, -l * u / denom, torch.zeros_like(u))
         lo_slope = torch.where(unstable, (u >= -l).to(u.dtype), active.to(u.dtype))
-        return lo_slope, up_slope, up_icpt
-
-    def backward_relaxed(self, A, l, u, lower: bool):
-        """A·relu(x) >= A'·x + c (lower=True) or <= (lower=False) for l <= x <= u."""
-        lo_slope, up_slope, up_icpt = (t.unsqueeze(1) for t in self.relaxation(l, u))
-        pos, neg = A.clamp(min=0), A.clamp(max=0)
-        if lower:
-            A_in = pos * lo_slope + neg * up_slope
-            const = (neg * up_icpt).flatten(2).sum(-1)
-        else:
-            A_in = pos * up_slope + neg * lo_slope
-            const = (pos * up_icpt).flatten(2).sum(-1)
-        return A_in, const
+        return lo_slope, u.new_zeros(()), up_slope, up_icpt
