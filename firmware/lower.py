@@ -98,7 +98,8 @@ def _folded_bias(bias, w2d, in_offset, where):
     """bias + in_offset * sum(w) per output channel; refuses accumulators that could overflow int32."""
     w = w2d.astype(np.int64)
     folded = bias + in_offset * w.sum(axis=1)
-    worst = np.abs(bias) + np.abs(w).sum(axis=1) * 255
+    # the kernels start from the folded bias and add w * x for raw int8 x, in any order
+    worst = np.abs(folded) + np.abs(w).sum(axis=1) * 128
     if worst.max(initial=0) >= 2 ** 31:
         raise VeriSparseError(f"{where}: the int32 accumulator could overflow (bound {worst.max()}); "
                               "TFLite's kernels would overflow too")

@@ -71,6 +71,16 @@ def test_sparse_encoding_round_trips_and_splits_long_steps():
     assert s.count[2] == 0 and s.delta.max() <= 255
 
 
+def test_accumulators_that_could_overflow_int32_are_refused():
+    from verisparse.errors import VeriSparseError
+    from verisparse.firmware.lower import _folded_bias
+    w = np.full((2, 1000), 127, np.int8)
+    fits = np.array([2 ** 31 - 1 - 1000 * 127 * 256, 0])  # folded with zero point -128, then 1000 * 127 * 128
+    assert _folded_bias(fits, w, 128, "layer").dtype == np.int32
+    with pytest.raises(VeriSparseError, match="could overflow"):
+        _folded_bias(fits + 1, w, 128, "layer")
+
+
 @pytest.fixture(scope="module")
 def keras_models(tmp_path_factory):
     root = tmp_path_factory.mktemp("keras")
