@@ -19,9 +19,11 @@ static inline int32_t vs_mbqm(int32_t x, int32_t mult, int32_t shift)
     if (a == INT32_MIN && mult == INT32_MIN) {
         high = INT32_MAX; /* the one product that does not fit */
     } else {
+        /* TFLite writes (ab + (ab >= 0 ? 2^30 : 1 - 2^30)) / 2^31 with truncating division,
+         * which is floor((ab + 2^30) / 2^31) for every ab: one add and an arithmetic shift
+         * (what gcc and the other Arm compilers do for >> of a negative value). */
         const int64_t ab = (int64_t)a * mult;
-        const int64_t nudge = ab >= 0 ? (INT64_C(1) << 30) : 1 - (INT64_C(1) << 30);
-        high = (int32_t)((ab + nudge) / (INT64_C(1) << 31)); /* C division truncates toward zero */
+        high = (int32_t)((ab + (INT64_C(1) << 30)) >> 31);
     }
     const int32_t mask = (int32_t)((UINT32_C(1) << right) - 1);
     const int32_t threshold = (mask >> 1) + (high < 0);
