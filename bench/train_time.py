@@ -51,14 +51,22 @@ def main():
     ap.add_argument("--epochs", type=int, default=100)
     ap.add_argument("--method", default="ibp", choices=["ibp", "crown-ibp"])
     ap.add_argument("--sparsity", type=float, default=0.95)
+    ap.add_argument("--lr", type=float, default=None, help="Adam learning rate for every run [default: train's]")
+    ap.add_argument("--structures", default="unstructured,structured",
+                    help="comma-separated: which sparse comparisons to run (dense always runs)")
     ap.add_argument("--out", default="bench-runs")
     ap.add_argument("--plot", default=None, help="write verified accuracy vs training time here (PNG)")
     ap.add_argument("--report-only", action="store_true", help="re-read the logs under --out instead of training")
     args = ap.parse_args()
     out = Path(args.out)
     base = dict(dataset="mnist5k", arch="cnn_4layer", eps=0.1, epochs=args.epochs, method=args.method)
+    if args.lr is not None:
+        base["lr"] = args.lr
+    structures = [s for s in args.structures.split(",") if s]
+    if not structures or any(s not in ("unstructured", "structured") for s in structures):
+        ap.error("--structures takes unstructured and/or structured")
     runs = {("dense", "-"): TrainConfig(baseline="dense", **base)}
-    for structure in ("unstructured", "structured"):
+    for structure in structures:
         for name, baseline in (("verisparse", None), ("prune-finetune", "prune-finetune")):
             runs[(name, structure)] = TrainConfig(baseline=baseline, structure=structure,
                                                   sparsity=args.sparsity, **base)
@@ -69,13 +77,15 @@ def main():
     logs = {key: read_jsonl(out / f"{key[0]}-{key[1]}" / "train_log.jsonl") for key in runs}
 
     print(f"\nmachine: {_machine()}")
+    pf = runs[("prune-finetune", structures[0])].resolved()
+    lrs = ", ".join(f"{k[0]}-{k[1]} {c.resolved().lr:g}" for k, c in runs.items())
     print(f"mnist5k cnn_4layer eps 0.1, method {args.method}, {args.epochs} epochs "
-          f"(prune-finetune: {args.epochs} dense + {runs[('prune-finetune', 'structured')].resolved().finetune_epochs} fine-tune)")
+          f"(prune-finetune: {args.epochs} dense + {pf.finetune_epochs} fine-tune); lr: {lrs}")
     head = f"{'method':<15}{'structure':<14}{'sparsity':>9}{'train s':>9}{'+eval s':>8}{'clean':>8}" \
            f"{'CI-VRA':>8}{'CROWN-VRA':>11}{'PGD':>7}{'to target s':>13}{'vs PF':>7}"
     print(head)
     print("-" * len(head))
-    for structure in ("unstructured", "structured"):
+    for structure in structures:
         pf = logs[("prune-finetune", structure)]
         target = pf[-1]["crown_ibp_verified_acc"] - 0.01
         pf_time = _time_to(pf, target, sparse=True)
@@ -90,15 +100,16 @@ def main():
                   f"{(f'{t:.1f}' if t is not None else 'never'):>13}{ratio:>7}")
         print(f"  target ({structure}): prune-finetune's final CROWN-IBP-verified accuracy - 1 point = {target:.1%}")
     if args.plot:
-        _plot(logs, args.plot)
+        _plot(logs, args.plot, structures)
 
 
-def _plot(logs, path):
+def _plot(logs, path, structures):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
-    for ax, structure in zip(axes, ("unstructured", "structured")):
+    fig, axes = plt.subplots(1, len(structures), figsize=(5.5 * len(structures), 4), sharey=True, squeeze=False)
+    axes = axes[0]
+    for ax, structure in zip(axes, structures):
         for key in (("verisparse", structure), ("prune-finetune", structure), ("dense", "-")):
             log = logs[key]
             ax.plot([r["train_seconds"] for r in log], [r["crown_ibp_verified_acc"] for r in log], label=key[0])

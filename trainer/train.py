@@ -43,7 +43,7 @@ class TrainConfig:
     epochs: int = 100
     finetune_epochs: int | None = None  # prune-finetune only; default epochs // 2
     batch_size: int = 50
-    lr: float = 5e-4
+    lr: float | None = None          # Adam; default 2e-3 for structured VeriSparse, else 5e-4
     lr_final: float = 0.02           # fraction of lr left at the end (cosine after the ramp)
     grad_clip: float = 10.0
     warmup_epochs: int | None = None  # at eps 0; default 5% of epochs
@@ -78,6 +78,11 @@ class TrainConfig:
             raise VeriSparseError("--param-budget is a positive weight count, for --structure structured")
         if c.structure == "structured" and c.batchnorm and c.baseline != "dense":
             raise VeriSparseError("structured sparsity with --batchnorm is not supported yet; drop one")
+        if c.lr is None:
+            # A structured mask trains a narrow network from scratch; at 5e-4 it learned too
+            # slowly (bench, 0.95 structured: 76.9% CROWN-verified vs 86.0% at 2e-3). Pruned
+            # dense models fine-tune better at 5e-4 (90.1% vs 87.2%), so only this case moves.
+            c.lr = 2e-3 if c.structure == "structured" and c.baseline is None else 5e-4
         if c.epochs < 1 or c.batch_size < 1 or c.lr <= 0:
             raise VeriSparseError("--epochs, --batch-size and --lr must be positive")
         c.finetune_epochs = (max(1, c.epochs // 2) if c.finetune_epochs is None else c.finetune_epochs) \

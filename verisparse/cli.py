@@ -84,7 +84,7 @@ Examples:
 @click.option("--epochs", type=int, default=100, show_default=True)
 @click.option("--finetune-epochs", type=int, default=None, help="prune-finetune [default: epochs // 2].")
 @click.option("--batch-size", type=int, default=50, show_default=True)
-@click.option("--lr", type=float, default=5e-4, show_default=True)
+@click.option("--lr", type=float, default=None, help="Adam learning rate [default: 2e-3 structured, else 5e-4].")
 @click.option("--warmup-epochs", type=int, default=None, help="Epochs at eps 0 [default: 5% of epochs].")
 @click.option("--ramp-epochs", type=int, default=None, help="Epochs of the eps ramp [default: 50% of epochs].")
 @click.option("--kappa-end", type=float, default=0.0, show_default=True,
