@@ -55,8 +55,7 @@ def int8_speed(model, x, y, eps, batch=200):
         with torch.no_grad():
             for s in range(0, len(y), batch):
                 sl = slice(s, s + batch)
-                if kind == "ibp":  # what the int8-ibp stage runs: plain and last-layer-merged IBP
-                    model.net.ibp(u_l[sl], u_u[sl], C[sl])
+                if kind == "ibp":  # what the int8-ibp stage runs
                     margin_ibp(model.net, u_l[sl], u_u[sl], C[sl])
                 else:
                     model.net.crown(u_l[sl], u_u[sl], C[sl])

@@ -15,7 +15,7 @@ import numpy as np
 
 from verisparse.errors import VeriSparseError
 from verisparse.fixedpoint import activation_range, quantize_multiplier, quantize_multipliers
-from verisparse.tflite_graph import Graph, Operator, Tensor
+from verisparse.tflite_graph import Graph, Operator, Tensor, spatial_paddings
 
 from .sparse import SparseWeights, choose
 
@@ -65,6 +65,14 @@ def _padding(padding, in_size, k, stride, dil, out_size, where):
     return max((out_size - 1) * stride + eff - in_size, 0) // 2
 
 
+def _window(o, kh, kw, h, wd, oh, ow, where) -> dict:
+    """Strides, dilations and leading padding of a CONV_2D / DEPTHWISE_CONV_2D, as params fields."""
+    sh, sw, dh, dw = o["stride_h"], o["stride_w"], o["dilation_h"], o["dilation_w"]
+    return dict(k_h=kh, k_w=kw, stride_h=sh, stride_w=sw, dil_h=dh, dil_w=dw,
+                pad_top=_padding(o["padding"], h, kh, sh, dh, oh, where),
+                pad_left=_padding(o["padding"], wd, kw, sw, dw, ow, where))
+
+
 def _check_int8(t: Tensor, what, where):
     if t.dtype != np.int8 or len(t.scale) == 0:
         kind = "float" if t.dtype.kind == "f" else t.dtype.name
@@ -85,7 +93,9 @@ def _weights(g: Graph, idx, where) -> Tensor:
     return t
 
 
-def _bias(g: Graph, idx, n, where) -> np.ndarray:
+def _bias(g: Graph, op: Operator, n, where) -> np.ndarray:
+    """The op's int32 bias (its third input), or zeros where it has none."""
+    idx = op.inputs[2] if len(op.inputs) > 2 else -1
     if idx < 0:
         return np.zeros(n, np.int64)
     t = g.tensors[idx]
@@ -106,7 +116,7 @@ def _folded_bias(bias, w2d, in_offset, where):
     return folded.astype(np.int32)
 
 
-def _conv_like(g, k, op, x, w, bias_idx, y, geometry, per_tensor_fc=False) -> Layer:
+def _conv_like(g, k, op, x, w, y, geometry, per_tensor_fc=False) -> Layer:
     """CONV_2D, or FULLY_CONNECTED as a 1x1 convolution. geometry: the C params' shape fields."""
     where = f"operator {k} ({op.opcode})"
     out_c = w.shape[0]
@@ -121,7 +131,7 @@ def _conv_like(g, k, op, x, w, bias_idx, y, geometry, per_tensor_fc=False) -> La
         mult, shift = quantize_multipliers(in_scale * fs / out_scale)
     in_offset = -int(x.zero_point[0])
     lo, hi = activation_range(op.options.get("fused_activation", "NONE"), y.scale[0], y.zero_point[0], where)
-    bias = _folded_bias(_bias(g, bias_idx, out_c, where), w4.reshape(out_c, -1), in_offset, where)
+    bias = _folded_bias(_bias(g, op, out_c, where), w4.reshape(out_c, -1), in_offset, where)
     sparse = choose(w4)
     nnz = int(np.count_nonzero(w4))
     pixels = geometry["out_h"] * geometry["out_w"]
@@ -147,13 +157,9 @@ def _conv(g, k, op):
     if w.data.ndim != 4 or w.shape[0] != oc or w.shape[3] != c:
         raise VeriSparseError(f"{where}: filter {w.shape} does not map {x.shape} to {y.shape} "
                               "(grouped convolutions are not supported)")
-    o = op.options
     _, kh, kw, _ = w.shape
-    geo = dict(in_h=h, in_w=wd, in_c=c, out_h=oh, out_w=ow, k_h=kh, k_w=kw, stride_h=o["stride_h"],
-               stride_w=o["stride_w"], dil_h=o["dilation_h"], dil_w=o["dilation_w"],
-               pad_top=_padding(o["padding"], h, kh, o["stride_h"], o["dilation_h"], oh, where),
-               pad_left=_padding(o["padding"], wd, kw, o["stride_w"], o["dilation_w"], ow, where))
-    return _conv_like(g, k, op, x, w, op.inputs[2] if len(op.inputs) > 2 else -1, y, geo)
+    geo = dict(in_h=h, in_w=wd, in_c=c, out_h=oh, out_w=ow, **_window(op.options, kh, kw, h, wd, oh, ow, where))
+    return _conv_like(g, k, op, x, w, y, geo)
 
 
 def _fully_connected(g, k, op):
@@ -169,8 +175,7 @@ def _fully_connected(g, k, op):
     # the batch becomes the width of a 1 x batch image, each pixel a vector of `depth` channels
     geo = dict(in_h=1, in_w=batch, in_c=depth, out_h=1, out_w=batch, k_h=1, k_w=1, stride_h=1, stride_w=1,
                dil_h=1, dil_w=1, pad_top=0, pad_left=0)
-    return _conv_like(g, k, op, x, w, op.inputs[2] if len(op.inputs) > 2 else -1, y, geo,
-                      per_tensor_fc=len(w.scale) == 1)
+    return _conv_like(g, k, op, x, w, y, geo, per_tensor_fc=len(w.scale) == 1)
 
 
 def _depthwise(g, k, op):
@@ -188,12 +193,10 @@ def _depthwise(g, k, op):
     in_offset = -int(x.zero_point[0])
     lo, hi = activation_range(o["fused_activation"], y.scale[0], y.zero_point[0], where)
     w2d = w.data.reshape(kh * kw, oc).T
-    bias = _folded_bias(_bias(g, op.inputs[2] if len(op.inputs) > 2 else -1, oc, where), w2d, in_offset, where)
-    params = dict(in_h=h, in_w=wd, in_c=c, out_h=oh, out_w=ow, out_c=oc, depth_mult=oc // c, k_h=kh, k_w=kw,
-                  stride_h=o["stride_h"], stride_w=o["stride_w"], dil_h=o["dilation_h"], dil_w=o["dilation_w"],
-                  pad_top=_padding(o["padding"], h, kh, o["stride_h"], o["dilation_h"], oh, where),
-                  pad_left=_padding(o["padding"], wd, kw, o["stride_w"], o["dilation_w"], ow, where),
-                  in_offset=in_offset, out_offset=int(y.zero_point[0]), act_min=lo, act_max=hi)
+    bias = _folded_bias(_bias(g, op, oc, where), w2d, in_offset, where)
+    params = dict(in_h=h, in_w=wd, in_c=c, out_h=oh, out_w=ow, out_c=oc, depth_mult=oc // c,
+                  **_window(o, kh, kw, h, wd, oh, ow, where), in_offset=in_offset, out_offset=int(y.zero_point[0]),
+                  act_min=lo, act_max=hi)
     nnz = int(np.count_nonzero(w.data))
     return Layer("vs_depthwise_conv2d", op.opcode, [x.index], y.index, params,
                  dict(weights=w.data.reshape(kh, kw, oc), bias=bias, mult=mult, shift=shift.astype(np.int8)),
@@ -243,17 +246,12 @@ def _pad(g, k, op):
     where = f"operator {k} (PAD)"
     _, h, wd, c = _nhwc(x, where)
     _, oh, ow, oc = _nhwc(y, where)
-    pads = g.tensors[op.inputs[1]].data
-    if pads is None or pads.shape != (4, 2):
-        raise VeriSparseError(f"{where}: the paddings must be a constant 4 x 2 tensor")
-    pads = pads.astype(np.int64)
-    if pads[0].any() or pads[3].any() or (pads < 0).any():
-        raise VeriSparseError(f"{where}: only non-negative padding of height and width is supported")
-    if (oh, ow, oc) != (h + pads[1].sum(), wd + pads[2].sum(), c) or int(x.zero_point[0]) != int(y.zero_point[0]) \
+    top, bottom, left, right = spatial_paddings(g, op, where)
+    if (oh, ow, oc) != (h + top + bottom, wd + left + right, c) or int(x.zero_point[0]) != int(y.zero_point[0]) \
             or float(x.scale[0]) != float(y.scale[0]):
-        raise VeriSparseError(f"{where}: {x.shape} padded by {pads.tolist()} is not {y.shape} at the same scale")
-    params = dict(in_h=h, in_w=wd, c=c, out_h=oh, out_w=ow, pad_top=int(pads[1, 0]), pad_left=int(pads[2, 0]),
-                  value=int(y.zero_point[0]))
+        raise VeriSparseError(f"{where}: {x.shape} padded by {[top, bottom, left, right]} is not {y.shape} "
+                              "at the same scale")
+    params = dict(in_h=h, in_w=wd, c=c, out_h=oh, out_w=ow, pad_top=top, pad_left=left, value=int(y.zero_point[0]))
     return Layer("vs_pad", "PAD", [x.index], y.index, params)
 
 

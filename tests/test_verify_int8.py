@@ -40,7 +40,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks
 def test_int8_bounds_contain_every_reachable_integer_output(chunk):
     """200 random integer networks; boxes of integer inputs; every sampled integer input (box
     corners included) has outputs and margins inside the IBP and CROWN bounds, and margins
-    above the merged-last-layer IBP bound, which is tighter than plain IBP somewhere."""
+    above the int8 stage's bound (last layer merged), which is tighter than plain IBP somewhere."""
     tighter = 0
     for k in range(50):
         gen = torch.Generator().manual_seed(1000 + chunk * 50 + k)

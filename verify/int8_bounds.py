@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from verisparse.errors import VeriSparseError
 from verisparse.fixedpoint import activation_range, multiply_by_quantized_multiplier, quantize_multipliers
+from verisparse.tflite_graph import spatial_paddings
 
 from . import ops
 from .bounds import BoundedNet, concretize
@@ -159,32 +160,34 @@ class NHWCReshape:
 
 
 def margin_ibp(net: BoundedNet, l, u, C):
-    """IBP lower bounds on the int8 margins C·q with the last layer merged into the spec.
+    """IBP lower bounds on the int8 margins C·q, with the last layer merged into the spec.
 
-    Bounding each logit alone and subtracting (what plain IBP does) forgets that the logits
-    share their inputs. Where the net ends in an affine op, a Requant and at most a reshape
-    to (classes,), the margin q_y - q_j is at least m_y·acc_y - m_j·acc_j - err_y - err_j,
-    a linear function of the last hidden layer that IBP bounds as a whole — provided q_y
-    is never clamped at the top and q_j never at the bottom (then clamping only helps),
-    which the per-logit intervals decide. Rows where that does not hold get -inf; None
-    when the net does not end that way."""
+    Plain IBP bounds each logit alone and subtracts, which forgets that the logits share
+    their inputs. Where the net ends in an affine op, a Requant and at most a reshape to
+    (classes,), the margin q_y - q_j is also at least m_y·acc_y - m_j·acc_j - err_y - err_j,
+    a linear function of the last hidden layer that IBP bounds as a whole — provided q_y is
+    never clamped at the top and q_j never at the bottom (then clamping only helps), which
+    the per-logit intervals decide. Returns the larger of the two bounds, from one interval
+    pass; plain IBP where the net ends otherwise."""
     end = len(net.ops)
     last = net.ops[-1] if end else None
     if isinstance(last, NHWCReshape) and int(np.prod(last.in_shape)) == last.in_shape[0]:
         end -= 1  # (K, 1, 1) -> (K,) keeps the class order
     if end < 2 or not isinstance(net.ops[end - 1], Requant) or \
             not isinstance(net.ops[end - 2], (ops.Linear, ops.Conv2d)):
-        return None
+        return net.ibp(l, u, C)[0]
     rq, affine = net.ops[end - 1], net.ops[end - 2]
     for op in net.ops[:end - 2]:
         l, u = op.ibp(l, u)
     f_l, f_u = (t.flatten(1) for t in rq.ibp(*affine.ibp(l, u)))
+    mid, rad = (f_u + f_l) / 2, (f_u - f_l) / 2
+    plain = torch.einsum("bsk,bk->bs", C, mid) - torch.einsum("bsk,bk->bs", C.abs(), rad)
     m, err = rq.m.flatten().to(C), rq.err.flatten().to(C)
     A, const = affine.backward((C * m).view(*C.shape[:2], *rq.shape))
-    lower = concretize(A, const, l, u, True) - C.abs() @ err
+    merged = concretize(A, const, l, u, True) - C.abs() @ err
     pos, neg = (C > 0).to(C), (C < 0).to(C)
     clamped = pos @ (f_u >= rq.hi).to(C).unsqueeze(-1) + neg @ (f_l <= rq.lo).to(C).unsqueeze(-1)
-    return torch.where(clamped.squeeze(-1) > 0, torch.full_like(lower, -float("inf")), lower)
+    return torch.where(clamped.squeeze(-1) > 0, plain, torch.maximum(plain, merged))
 
 
 class Int8Model:
@@ -266,20 +269,16 @@ def _nchw(shape, what):
 
 def _pad(g, op, t_in, t_out, shape, where) -> Pad2d:
     """TFLite PAD of height and width; int8 PAD fills with the zero point, which is u = 0."""
-    pads = g.tensors[op.inputs[1]].data if len(op.inputs) > 1 else None
-    if len(op.inputs) != 2 or pads is None or pads.shape != (4, 2) or len(shape) != 3:
-        raise VeriSparseError(f"{where}: only PAD of an NHWC tensor by a constant 4 x 2 paddings tensor "
-                              "(no constant_values) is supported")
-    pads = pads.astype(np.int64)
-    if pads[0].any() or pads[3].any() or (pads < 0).any():
-        raise VeriSparseError(f"{where}: only non-negative padding of height and width is supported")
-    _same_quant(t_in, t_out, where, "PAD")
-    return Pad2d(int(pads[1, 0]), int(pads[1, 1]), int(pads[2, 0]), int(pads[2, 1]), shape)
+    if len(shape) != 3:
+        raise VeriSparseError(f"{where}: PAD needs an image (NHWC) input, not {shape}")
+    top, bottom, left, right = spatial_paddings(g, op, where)
+    _same_quant(t_in, t_out, where)
+    return Pad2d(top, bottom, left, right, shape)
 
 
-def _same_quant(a, b, where, opcode="RESHAPE"):
+def _same_quant(a, b, where):
     if not (np.array_equal(a.scale, b.scale) and np.array_equal(a.zero_point, b.zero_point)):
-        raise VeriSparseError(f"{where}: {opcode} that changes quantization is not supported")
+        raise VeriSparseError(f"{where}: changing the quantization is not supported")
 
 
 def _affine(g, op, t_in, t_out, shape, where):

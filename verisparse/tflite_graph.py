@@ -287,6 +287,18 @@ def _parse(data: bytes) -> Graph:
                  check(_ints(sg.vector(2, np.int32)), "subgraph outputs"))
 
 
+def spatial_paddings(g: Graph, op: Operator, where: str) -> tuple[int, int, int, int]:
+    """A PAD op's (top, bottom, left, right) on an NHWC tensor; refuses the rest (paddings
+    that are not a constant 4 x 2 tensor, batch or channel padding, negative amounts)."""
+    pads = g.tensors[op.inputs[1]].data if len(op.inputs) == 2 else None
+    if pads is None or pads.shape != (4, 2):
+        raise VeriSparseError(f"{where}: only PAD by a constant 4 x 2 paddings tensor is supported")
+    pads = pads.astype(np.int64)
+    if pads[0].any() or pads[3].any() or (pads < 0).any():
+        raise VeriSparseError(f"{where}: only non-negative padding of height and width is supported")
+    return int(pads[1, 0]), int(pads[1, 1]), int(pads[2, 0]), int(pads[2, 1])
+
+
 def read_tflite(path_or_bytes) -> Graph:
     """Parse a .tflite file (path or bytes) into a Graph; bad files raise VeriSparseError."""
     if isinstance(path_or_bytes, (bytes, bytearray, memoryview)):
