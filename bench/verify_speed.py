@@ -71,7 +71,7 @@ def milp_speed(net, runtime, x, y, eps, time_limit):
     x_l, x_u = input_box(x, eps)
     C = margin_spec(y, 10)
     start = time.perf_counter()
-    pre = mnet.pre_bounds(x_l, x_u)
+    pre, errs = mnet.pre_bounds(x_l, x_u)
     with torch.no_grad():
         lb = net.ibp(x_l, x_u, C)[0].double().numpy()
     lb[:] = np.minimum(lb, -1.0)  # hide the bounds' verdict: MILP must prove every class itself
@@ -81,7 +81,8 @@ def milp_speed(net, runtime, x, y, eps, time_limit):
             z = runtime(xf.reshape(1, *x.shape[1:]).astype(np.float32))[0]
             return int(np.argmax(z)) != int(y[i])
         r = verify_sample(mnet, x_l[i].flatten().double().numpy(), x_u[i].flatten().double().numpy(),
-                          {j: (l[i], u[i]) for j, (l, u) in pre.items()}, int(y[i]), lb[i], time_limit, confirm)
+                          {j: (l[i], u[i]) for j, (l, u) in pre.items()}, [e[i] for e in errs], int(y[i]), lb[i],
+                          time_limit, confirm)
         statuses.append(r.status)
     return len(y) / (time.perf_counter() - start), Counter(statuses)
 

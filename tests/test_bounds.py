@@ -71,7 +71,7 @@ def test_crown_no_looser_than_ibp_when_every_neuron_is_stable():
     checked = 0
     for _ in range(40):
         model, shape, net, x, y, x_l, x_u, C = _problem("mlp", gen, 4, 1e-3)
-        _, _, pre = net._ibp_layers(x_l, x_u, net.ops)
+        pre = net._ibp_layers(x_l, x_u, net.ops).pre
         if any(((l < 0) & (u > 0)).any() for l, u in pre.values()):
             continue
         li, ui = net.ibp(x_l, x_u, C)

@@ -104,19 +104,26 @@ def test_milp_matches_brute_force_on_tiny_networks():
         n_in = 2 + trial % 2
         model = _tiny(gen, n_in, [3, 3] if trial % 2 else [4])
         net = bounded_net(model, (n_in,))
-        mnet = MilpNet(net, (n_in,))
+        mnet = MilpNet(net, (n_in,), executed=False)  # the real-arithmetic encoding alone
+        executed = MilpNet(net, (n_in,))
         x = torch.rand(1, n_in, generator=gen)
         x_l, x_u = input_box(x, 0.3)
-        pre = mnet.pre_bounds(x_l, x_u)
-        pre0 = {i: (l[0], u[0]) for i, (l, u) in pre.items()}
+        pre, errs = mnet.pre_bounds(x_l, x_u)
+        pre0, errs0 = {i: (l[0], u[0]) for i, (l, u) in pre.items()}, [e[0] for e in errs]
+        ex_pre, ex_errs = executed.pre_bounds(x_l, x_u)
+        ex_pre0, ex_errs0 = {i: (l[0], u[0]) for i, (l, u) in ex_pre.items()}, [e[0] for e in ex_errs]
         for j in (1, 2):
             c = np.zeros(3)
             c[0], c[j] = 1.0, -1.0
-            bound, xs, value, status = mnet.solve(x_l[0].double().numpy(), x_u[0].double().numpy(), pre0, c, 10.0)
-            exact = _brute_force_min(model, x_l[0].double().numpy(), x_u[0].double().numpy(), c)
+            box = x_l[0].double().numpy(), x_u[0].double().numpy()
+            bound, xs, value, status = mnet.solve(*box, pre0, errs0, c, 10.0)
+            exact = _brute_force_min(model, *box, c)
             assert status == 0
             assert value == pytest.approx(exact, abs=1e-5)  # the optimum is the exact minimum
             assert bound <= exact + 1e-5  # and the dual bound never overshoots it
+            # with the float32 runtime's error in the model, the proof only gets more careful
+            ex_bound, _, ex_value, _ = executed.solve(*box, ex_pre0, ex_errs0, c, 10.0)
+            assert ex_bound <= bound and ex_value <= value + 1e-9
             with torch.no_grad():  # the optimiser's point really attains it
                 z = model(torch.as_tensor(xs, dtype=torch.float32)[None])[0].double().numpy()
             assert c @ z == pytest.approx(exact, abs=1e-4)
@@ -136,7 +143,7 @@ def test_milp_never_looser_than_crown_and_agrees_with_sampling():
         with torch.no_grad():
             crown = torch.maximum(net.ibp(x_l, x_u, C)[0], net.crown(x_l, x_u, C))
         mnet = MilpNet(net, shape)
-        pre = mnet.pre_bounds(x_l, x_u)
+        pre, errs = mnet.pre_bounds(x_l, x_u)
         pts = x_l.unsqueeze(1) + (x_u - x_l).unsqueeze(1) * torch.rand(2, 2000, *shape, generator=gen)
         with torch.no_grad():
             sampled = torch.einsum("bsk,bnk->bns", C, model(pts.flatten(0, 1)).view(2, 2000, -1)).min(1).values
@@ -146,7 +153,8 @@ def test_milp_never_looser_than_crown_and_agrees_with_sampling():
                     continue
                 c = C[b, j].double().numpy()
                 bound, _, value, status = mnet.solve(x_l[b].double().numpy(), x_u[b].double().numpy(),
-                                                     {i: (l[b], u[b]) for i, (l, u) in pre.items()}, c, 10.0)
+                                                     {i: (l[b], u[b]) for i, (l, u) in pre.items()},
+                                                     [e[b] for e in errs], c, 10.0)
                 assert status == 0
                 assert value >= float(crown[b, j]) - 1e-4  # complete is at least as tight
                 assert value <= float(sampled[b, j]) + 1e-5  # and still below every sampled margin
@@ -175,7 +183,8 @@ def test_verify_sample_marks_open_when_time_runs_out():
     mnet = MilpNet(net, (4,))
     x = torch.rand(1, 4, generator=gen)
     x_l, x_u = input_box(x, 0.5)
-    pre = {i: (l[0], u[0]) for i, (l, u) in mnet.pre_bounds(x_l, x_u).items()}
-    out = verify_sample(mnet, x_l[0].double().numpy(), x_u[0].double().numpy(), pre, 0,
+    pre, errs = mnet.pre_bounds(x_l, x_u)
+    pre = {i: (l[0], u[0]) for i, (l, u) in pre.items()}
+    out = verify_sample(mnet, x_l[0].double().numpy(), x_u[0].double().numpy(), pre, [e[0] for e in errs], 0,
                         np.full(3, -1.0), 0.0, lambda x: False)
     assert out.status == "unknown"

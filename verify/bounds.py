@@ -56,11 +56,25 @@ def concretize(A, const, x_l, x_u, lower: bool):
     return centre + const - spread if lower else centre + const + spread
 
 
+class _Layers:
+    """What one interval pass learns: output bounds l, u; pre: each relaxed op's input
+    bounds; err: each runtime error interval's half-width; mag (with tau): magnitudes."""
+
+    def __init__(self, l, u):
+        self.l, self.u, self.h = l, u, None
+        self.pre, self.err, self.mag = {}, {}, {}
+
+
 class BoundedNet:
     """The network as a list of ops; computes forward values, IBP and CROWN bounds."""
 
-    def __init__(self, ops):
+    def __init__(self, ops, errors=None, tau=0.0):
+        """errors: {op index: fn(l_in, u_in) -> half-width of an interval added to the op's
+        output} (a runtime's rounding, verify.rounding); tau: relative error of the bound
+        arithmetic itself, charged against the magnitudes of every term (0: exact)."""
         self.ops = list(ops)
+        self.errors = dict(errors or {})
+        self.tau = tau
 
     def forward(self, x):
         for op in self.ops:
@@ -78,36 +92,68 @@ class BoundedNet:
 
     def ibp(self, x_l, x_u, C=None):
         """Interval bounds on C·f(x) (or f(x) when C is None); returns (lower, upper)."""
-        l, u, _ = self._ibp_layers(x_l, x_u, self._split_spec(C)[0])
-        return self._apply_spec(l, u, C)
+        lay = self._ibp_layers(x_l, x_u, self._split_spec(C)[0])
+        return self._apply_spec(lay, C)
 
-    def _apply_spec(self, l, u, C):
+    def _apply_spec(self, lay, C):
+        l, u = lay.l, lay.u
         ops, W, b = self._split_spec(C)
         if W is None:
             return l, u
         mid, rad = (u + l) / 2, (u - l) / 2
         c = torch.einsum("bsi,bi->bs", W, mid.flatten(1))
-        r = torch.einsum("bsi,bi->bs", W.abs(), rad.flatten(1))
+        r = torch.einsum("bsi,bi->bs", W.abs(), rad.flatten(1)) + self._spec_slack(lay, C)
         if b is not None:
             c = c + b
         return c - r, c + r
 
     def _ibp_layers(self, x_l, x_u, ops):
-        """IBP through ops; also returns every ReLU's pre-activation bounds, by op index."""
-        pre = {}
+        """IBP through ops: the output bounds, every ReLU's pre-activation bounds and every
+        runtime error interval (by op index), and the magnitudes that tau charges."""
+        lay = _Layers(x_l, x_u)
         l, u = x_l, x_u
+        h = torch.maximum(x_l.abs(), x_u.abs()) if self.tau else None
         for i, op in enumerate(ops):
             if _relaxed(op):
-                pre[i] = (l, u)
-            l, u = op.ibp(l, u)
-        return l, u, pre
+                lay.pre[i] = (l, u)
+                if h is not None:
+                    lay.mag[i], h = h, 2 * h  # a relaxation's intercept is at most |input|
+            elif h is not None:
+                h = getattr(op, "magnitude", op.forward)(h)
+            if i in self.errors:
+                e = lay.err[i] = self.errors[i](l, u)
+                l, u = op.ibp(l, u)
+                l, u = l - e, u + e
+            else:
+                l, u = op.ibp(l, u)
+        lay.l, lay.u, lay.h = l, u, h
+        return lay
 
-    def _backward(self, A, end, pre, lower: bool, rows=None):
+    def _spec_slack(self, lay, C):
+        """What C·(the final op's output) can lose to rounding: the runtime's error of a
+        final op merged into the spec, and tau on the magnitudes of every term."""
+        ops, W, _ = self._split_spec(C)
+        slack = torch.zeros(W.shape[:2], dtype=W.dtype, device=W.device)
+        last = len(self.ops) - 1
+        if len(ops) == last and last in self.errors:  # the final Linear is merged into C
+            e = self.errors[last](lay.l, lay.u)
+            slack = slack + torch.einsum("bsk,bk->bs", C.abs(), e)
+        if self.tau:
+            mag = self.ops[last].magnitude(lay.h) if len(ops) == last else lay.h
+            slack = slack + self.tau * torch.einsum("bsk,bk->bs", C.abs(), mag.flatten(1))
+        return slack
+
+    def _backward(self, A, end, lay, lower: bool, rows=None):
         """Pull linear functions A of ops[end-1]'s output back to the network input.
         rows: for each batch row of A, the sample whose pre-activation bounds apply."""
+        pre = lay.pre
         const = A.new_zeros(A.shape[:2])
         for i in reversed(range(end)):
             op = self.ops[i]
+            if i in lay.err:  # the runtime adds some e with |e| <= err[i] to this op's output
+                e = lay.err[i] if rows is None else lay.err[i][rows]
+                spread = (A.abs() * e.unsqueeze(1)).flatten(2).sum(-1)
+                const = const - spread if lower else const + spread
             if _relaxed(op):
                 lines = op.lines(*pre[i])  # once per sample, then one copy per row
                 if rows is not None:
@@ -118,12 +164,13 @@ class BoundedNet:
             const = const + c
         return A, const
 
-    def _refine(self, x_l, x_u, pre):
+    def _refine(self, x_l, x_u, lay):
         """Tighten IBP pre-activation bounds with CROWN where IBP leaves a neuron unstable.
 
         Work scales with the unstable (sample, neuron) pairs: the one-hot rows are pulled
         through the affine ops below the ReLU once for all samples (those ops do not depend
         on the sample), and only then expanded to one row per pair."""
+        pre = lay.pre
         first = min(pre)
         mixing = sum(isinstance(op, (Linear, Conv2d, AvgPool2d)) for op in self.ops[:first])
         widest = max([x_l[0].numel()] + [p[0][0].numel() for p in pre.values()])
@@ -139,19 +186,27 @@ class BoundedNet:
             A = torch.zeros(1, len(units), flat_l.shape[1], device=l.device, dtype=l.dtype)
             A[0, torch.arange(len(units)), units] = 1.0
             A, const = A.view(1, len(units), *l.shape[1:]), A.new_zeros(1, len(units))
+            spread = l.new_zeros(len(units), len(l))  # runtime errors, per (unit, sample)
             j = i
             while j > 0 and not _relaxed(self.ops[j - 1]):
+                if j - 1 in lay.err:
+                    spread = spread + A[0].abs().flatten(1) @ lay.err[j - 1].flatten(1).T
                 A, c = self.ops[j - 1].backward(A)
                 const, j = const + c, j - 1
+            slack = self.tau * lay.mag[i].flatten(1) if self.tau else None
             for part in torch.arange(len(sample), device=l.device).split(max(1, _MAX_A_ELEMENTS // widest)):
                 s, rows = sample[part], which[part]
                 A_rows, c_rows = A[0, rows].unsqueeze(1), const[0, rows].unsqueeze(1)
                 for lower, flat, pick in ((True, flat_l, torch.maximum), (False, flat_u, torch.minimum)):
-                    Ar, cr = self._backward(A_rows, j, pre, lower, rows=s)
-                    bound = concretize(Ar, cr + c_rows, x_l[s], x_u[s], lower).squeeze(1)
+                    Ar, cr = self._backward(A_rows, j, lay, lower, rows=s)
+                    sign = -1 if lower else 1
+                    cr = cr + c_rows + sign * spread[rows, s].unsqueeze(1)
+                    bound = concretize(Ar, cr, x_l[s], x_u[s], lower).squeeze(1)
+                    if slack is not None:
+                        bound = bound + sign * slack[s, neuron[part]]
                     flat[s, neuron[part]] = pick(flat[s, neuron[part]], bound)
             pre[i] = (flat_l.view_as(l), flat_u.view_as(u))
-        return pre
+        return lay
 
     def crown(self, x_l, x_u, C, intermediate: str = "crown", upper: bool = False, with_ibp: bool = False):
         """CROWN bounds on C·f(x). intermediate='ibp' gives CROWN-IBP (IBP pre-activation
@@ -159,17 +214,18 @@ class BoundedNet:
         Returns lower bounds (B, S), or (lower, upper) when upper=True; with_ibp=True also
         returns IBP's lower bound from the same interval pass (what CROWN-IBP training mixes)."""
         ops, W, b = self._split_spec(C)
-        l, u, pre = self._ibp_layers(x_l, x_u, ops)
-        if intermediate == "crown" and pre:
-            pre = self._refine(x_l, x_u, pre)
+        lay = self._ibp_layers(x_l, x_u, ops)
+        if intermediate == "crown" and lay.pre:
+            lay = self._refine(x_l, x_u, lay)
         elif intermediate not in ("crown", "ibp"):
             raise ValueError(f"unknown intermediate bounds {intermediate!r}")
         const0 = b if b is not None else W.new_zeros(W.shape[:2])
-        Al, cl = self._backward(W, len(ops), pre, lower=True)
-        result = [concretize(Al, cl + const0, x_l, x_u, True)]
+        slack = self._spec_slack(lay, C) if C is not None else 0
+        Al, cl = self._backward(W, len(ops), lay, lower=True)
+        result = [concretize(Al, cl + const0, x_l, x_u, True) - slack]
         if upper:
-            Au, cu = self._backward(W, len(ops), pre, lower=False)
-            result.append(concretize(Au, cu + const0, x_l, x_u, False))
+            Au, cu = self._backward(W, len(ops), lay, lower=False)
+            result.append(concretize(Au, cu + const0, x_l, x_u, False) + slack)
         if with_ibp:
-            result.append(self._apply_spec(l, u, C)[0])
+            result.append(self._apply_spec(lay, C)[0])
         return result[0] if len(result) == 1 else tuple(result)

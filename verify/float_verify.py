@@ -9,7 +9,9 @@ Stages run cheapest first and each runs only on what the one before left open:
   PGD            a counterexample the real runtime confirms makes the sample falsified;
   MILP           complete, with a time limit per sample (methods milp and auto).
 A bound stage can only say "verified"; only a runtime-confirmed counterexample says
-"falsified". The attack always runs on the samples the bounds left open, so every report
+"falsified". Bounds are those of verify.rounding.sound_net: float64 arithmetic with the
+float32 runtime's rounding and the bound arithmetic's own charged, on an input box rounded
+outward; counterexamples live in the float32 points of the ball (rounded inward). The attack always runs on the samples the bounds left open, so every report
 carries verified <= exact <= attack-robust.
 """
 from __future__ import annotations
@@ -21,7 +23,8 @@ import numpy as np
 import torch
 
 from .attack import pgd
-from .bounds import BoundedNet, input_box, margin_spec, verified
+from .bounds import BoundedNet, margin_spec, verified
+from .rounding import inner_box, sound_box, sound_net
 
 METHODS = ("ibp", "crown", "milp", "auto")
 
@@ -36,12 +39,15 @@ class SampleResult:
     margin_at_counterexample: float | None
     seconds: float
     counterexample: np.ndarray | None = None
+    note: str | None = None        # why an open sample stayed open, when more is known than "time"
 
     def record(self):
         r = dict(index=self.index, label=self.label, status=self.status, decided_by=self.decided_by,
                  margin_lower=_finite(self.margin_lower), seconds=round(self.seconds, 6))
         if self.margin_at_counterexample is not None:
             r["margin_at_counterexample"] = self.margin_at_counterexample
+        if self.note:
+            r["note"] = self.note
         return r
 
 
@@ -64,27 +70,29 @@ def verify_float(net: BoundedNet, runtime, x, y, eps, method="crown", indices=No
     results = []
     gen = torch.Generator().manual_seed(seed)
     mnet = None
+    sound = sound_net(net, x.shape[1:])
     for s in range(0, len(y), batch_size):
         xb, yb = x[s:s + batch_size], y[s:s + batch_size]
-        out, mnet = _batch(net, runtime, xb, yb, eps, method, time_limit, gen, attack_steps, attack_restarts,
-                           mnet)
+        out, mnet = _batch(net, sound, runtime, xb, yb, eps, method, time_limit, gen, attack_steps,
+                           attack_restarts, mnet)
         for k, r in enumerate(out):
             r.index = indices[s + k]
         results += out
     return results
 
 
-def _batch(net, runtime, xb, yb, eps, method, time_limit, gen, steps, restarts, mnet):
+def _batch(net, sound, runtime, xb, yb, eps, method, time_limit, gen, steps, restarts, mnet):
     B = len(yb)
     t0 = time.perf_counter()
     with torch.no_grad():
         logits = torch.as_tensor(runtime(xb.numpy()), dtype=torch.float32)
     K = logits.shape[1]
     correct = logits.argmax(1) == yb
-    x_l, x_u = input_box(xb, eps)
-    C = margin_spec(yb, K)
+    x_l, x_u = sound_box(xb, eps)  # float64, for the bounds
+    a_l, a_u = inner_box(xb, eps)  # float32, for counterexamples
+    C = margin_spec(yb, K).double()
     with torch.no_grad():
-        lb = net.ibp(x_l, x_u, C)[0]
+        lb = sound.ibp(x_l, x_u, C)[0]
     ok = verified(lb, yb) & correct
     stage = ["ibp"] * B
     if method != "ibp":
@@ -93,7 +101,7 @@ def _batch(net, runtime, xb, yb, eps, method, time_limit, gen, steps, restarts, 
             todo = (correct & ~ok).nonzero().squeeze(1)
             if len(todo):
                 with torch.no_grad():
-                    lb[todo] = torch.maximum(lb[todo], net.crown(x_l[todo], x_u[todo], C[todo], intermediate))
+                    lb[todo] = torch.maximum(lb[todo], sound.crown(x_l[todo], x_u[todo], C[todo], intermediate))
                 ok[todo] = verified(lb[todo], yb[todo])
                 for i in todo.tolist():
                     stage[i] = "crown"
@@ -102,7 +110,7 @@ def _batch(net, runtime, xb, yb, eps, method, time_limit, gen, steps, restarts, 
     status[~correct.numpy()] = "falsified"
     cex = [None] * B
     cex_margin = [None] * B
-    clean_margin = _min_margin(torch.einsum("bsk,bk->bs", C, logits), yb)
+    clean_margin = _min_margin(torch.einsum("bsk,bk->bs", C.float(), logits), yb)
     for i in (~correct).nonzero().squeeze(1).tolist():
         cex[i], cex_margin[i], stage[i] = xb[i].numpy(), float(clean_margin[i]), "clean"
     seconds = np.full(B, per_sample)
@@ -113,48 +121,50 @@ def _batch(net, runtime, xb, yb, eps, method, time_limit, gen, steps, restarts, 
         adv, broken = pgd(net.forward, xb[open_], yb[open_], eps, steps=steps, restarts=restarts, generator=gen)
         hits = open_[broken]
         if len(hits):
-            adv_np = _into_box(adv[broken].numpy(), x_l[hits].numpy(), x_u[hits].numpy())
+            adv_np = _into_box(adv[broken].numpy(), a_l[hits].numpy(), a_u[hits].numpy())
             real = torch.as_tensor(runtime(adv_np), dtype=torch.float32)
-            m = _min_margin(torch.einsum("bsk,bk->bs", C[hits], real), yb[hits])
+            m = _min_margin(torch.einsum("bsk,bk->bs", C[hits].float(), real), yb[hits])
             for k, i in enumerate(hits.tolist()):
                 if m[k] < 0:
                     status[i], cex[i], cex_margin[i], stage[i] = "falsified", adv_np[k], float(m[k]), "pgd"
         seconds[open_.numpy()] += (time.perf_counter() - t1) / len(open_)
     margins = _min_margin(lb, yb).numpy().astype(np.float64)
+    notes = [None] * B
     if method in ("milp", "auto"):
-        mnet = _milp_stage(net, runtime, xb, yb, x_l, x_u, lb, margins, status, cex, cex_margin, stage, seconds,
-                           time_limit, mnet)
+        mnet = _milp_stage(net, runtime, xb, yb, (x_l, x_u), (a_l, a_u), lb, margins, status, cex, cex_margin,
+                           stage, seconds, notes, time_limit, mnet)
     return [SampleResult(-1, int(yb[i]), str(status[i]), stage[i], float(margins[i]), cex_margin[i],
-                         float(seconds[i]), cex[i]) for i in range(B)], mnet
+                         float(seconds[i]), cex[i], notes[i]) for i in range(B)], mnet
 
 
-def _milp_stage(net, runtime, xb, yb, x_l, x_u, lb, margins, status, cex, cex_margin, stage, seconds, time_limit,
-                mnet):
+def _milp_stage(net, runtime, xb, yb, box, inner, lb, margins, status, cex, cex_margin, stage, seconds, notes,
+                time_limit, mnet):
     from .milp import MilpNet, verify_sample
     todo = [i for i in range(len(yb)) if status[i] == "unknown"]
     if not todo:
         return mnet
+    (x_l, x_u), (a_l, a_u) = box, inner
     mnet = mnet or MilpNet(net, xb.shape[1:])
     t0 = time.perf_counter()
     idx = torch.tensor(todo)
-    pre = mnet.pre_bounds(x_l[idx], x_u[idx])
+    pre, errs = mnet.pre_bounds(x_l[idx], x_u[idx])
     shared = (time.perf_counter() - t0) / len(todo)
     for k, i in enumerate(todo):
         y = int(yb[i])
-        box_l, box_u = x_l[i].flatten().double().numpy(), x_u[i].flatten().double().numpy()
+        box_l, box_u = x_l[i].flatten().numpy(), x_u[i].flatten().numpy()
 
         def confirm(x_flat, i=i, y=y):
-            x32 = _into_box(x_flat.reshape(1, *xb.shape[1:]).astype(np.float32), x_l[i:i + 1].numpy(),
-                            x_u[i:i + 1].numpy())
+            x32 = _into_box(x_flat.reshape(1, *xb.shape[1:]).astype(np.float32), a_l[i:i + 1].numpy(),
+                            a_u[i:i + 1].numpy())
             z = np.asarray(runtime(x32), dtype=np.float64)[0]
             margin = float(z[y] - np.delete(z, y).max())
             if margin < 0:
                 confirm.found = (x32[0], margin)
             return margin < 0
 
-        res = verify_sample(mnet, box_l, box_u, {j: (l[k], u[k]) for j, (l, u) in pre.items()}, y,
-                            lb[i].double().numpy(), time_limit, confirm)
-        stage[i] = "milp"
+        res = verify_sample(mnet, box_l, box_u, {j: (l[k], u[k]) for j, (l, u) in pre.items()},
+                            [e[k] for e in errs], y, lb[i].numpy(), time_limit, confirm)
+        stage[i], notes[i] = "milp", res.note
         seconds[i] += shared + res.seconds
         margins[i] = max(margins[i], res.margin_lower)
         status[i] = res.status

@@ -7,6 +7,10 @@ Each op maps a batch (B, *in_shape) to (B, *out_shape) and carries three rules:
                          to its input: returns (A', c) with A·op(x) = A'·x + c (affine ops only).
 ReLU is the one nonlinear op: instead of backward it has lines(l, u), CROWN's two linear
 bounds per neuron given its input bounds (verify.bounds pulls A through them).
+Affine ops also carry what verify.rounding needs to bound a float32 runtime's error:
+  magnitude(h)           |op|(h) for h >= 0: |weights|·h + |constants|, the sum of the
+                         magnitudes of every term the runtime adds up;
+  roundings              how many float roundings an output accumulates (0: exact op).
 Everything is plain torch, so bounds are differentiable and run on CPU or CUDA.
 """
 from __future__ import annotations
@@ -19,9 +23,24 @@ def _mid_rad(l, u):
     return (u + l) / 2, (u - l) / 2
 
 
+def _bias_magnitude(bias, given):
+    return given if given is not None else (None if bias is None else bias.abs())
+
+
 class Linear:
-    def __init__(self, weight, bias=None):
+    """bias_magnitude: |terms| that were summed into the bias when ops were fused (a Gemm
+    followed by Mul and Add), so the rounding of the unfused runtime stays bounded."""
+
+    def __init__(self, weight, bias=None, bias_magnitude=None):
         self.weight, self.bias = weight, bias
+        self.bias_magnitude = _bias_magnitude(bias, bias_magnitude)
+
+    @property
+    def roundings(self):  # n products and sums, the bias, two fused elementwise ops, folded weights
+        return self.weight.shape[1] + 4
+
+    def magnitude(self, h):
+        return F.linear(h, self.weight.abs(), self.bias_magnitude)
 
     def forward(self, x):
         return F.linear(x, self.weight, self.bias)
@@ -37,9 +56,17 @@ class Linear:
 
 
 class Conv2d:
-    def __init__(self, weight, bias, stride, padding, in_shape):
+    def __init__(self, weight, bias, stride, padding, in_shape, bias_magnitude=None):
         self.weight, self.bias = weight, bias
         self.stride, self.padding, self.in_shape = stride, padding, tuple(in_shape)
+        self.bias_magnitude = _bias_magnitude(bias, bias_magnitude)
+
+    @property
+    def roundings(self):
+        return self.weight[0].numel() + 4
+
+    def magnitude(self, h):
+        return F.conv2d(h, self.weight.abs(), self.bias_magnitude, self.stride, self.padding)
 
     def forward(self, x):
         return F.conv2d(x, self.weight, self.bias, self.stride, self.padding)
@@ -72,10 +99,18 @@ def _conv_transpose(A, weight, stride, padding, in_shape, groups=1):
 
 
 class ChannelAffine:
-    """y = x * scale[c] + shift[c]: eval-mode BatchNorm and input normalisation."""
+    """y = x * scale[c] + shift[c]: eval-mode BatchNorm and input normalisation.
+    shift_magnitude: |beta| + |mean·scale| for a BatchNorm, whose runtime subtracts the mean
+    first (a cancellation the folded shift hides)."""
 
-    def __init__(self, scale, shift):
+    roundings = 6  # BatchNorm's (x - mean) / sqrt(var + eps) * gamma + beta, or a fused pair
+
+    def __init__(self, scale, shift, shift_magnitude=None):
         self.scale, self.shift = scale, shift
+        self.shift_magnitude = _bias_magnitude(shift, shift_magnitude)
+
+    def magnitude(self, h):
+        return h * self._view(self.scale.abs(), h.dim()) + self._view(self.shift_magnitude, h.dim())
 
     def _view(self, t, ndim):
         return t.view(-1, *([1] * (ndim - 2))) if ndim > 2 else t
@@ -100,8 +135,14 @@ class ElementwiseAffine:
     """y = x * scale + shift with scale, shift of the per-sample shape (broadcast where
     smaller): Add/Sub/Mul/Div by constants in imported graphs."""
 
-    def __init__(self, scale, shift):
+    roundings = 6
+
+    def __init__(self, scale, shift, shift_magnitude=None):
         self.scale, self.shift = scale, shift
+        self.shift_magnitude = _bias_magnitude(shift, shift_magnitude)
+
+    def magnitude(self, h):
+        return h * self.scale.abs() + self.shift_magnitude
 
     def forward(self, x):
         return x * self.scale + self.shift
@@ -124,7 +165,8 @@ class BatchNorm(ChannelAffine):
 
     def __init__(self, module):
         self.module = module
-        super().__init__(*self._affine(module.running_mean, module.running_var))
+        scale, shift = self._affine(module.running_mean, module.running_var)
+        super().__init__(scale, shift, (module.bias.abs() + (module.running_mean * scale).abs()).detach())
 
     def _affine(self, mean, var):
         m = self.module
@@ -150,6 +192,10 @@ class AvgPool2d:
         self.in_shape = tuple(in_shape)
         k = (kernel, kernel) if isinstance(kernel, int) else kernel
         self.weight = torch.full((channels, 1, *k), 1.0 / (k[0] * k[1]))
+        self.roundings = k[0] * k[1] + 2
+
+    def magnitude(self, h):
+        return self.forward(h)
 
     def forward(self, x):
         return F.avg_pool2d(x, self.kernel, self.stride, self.padding, count_include_pad=True)
@@ -166,6 +212,8 @@ class AvgPool2d:
 
 
 class Flatten:
+    roundings = 0
+
     def __init__(self, in_shape):
         self.in_shape = tuple(in_shape)
 
@@ -181,6 +229,8 @@ class Flatten:
 
 class Reshape:
     """Per-sample reshape (ONNX Reshape that keeps the batch axis); Flatten is the common case."""
+
+    roundings = 0
 
     def __init__(self, in_shape, out_shape):
         self.in_shape, self.out_shape = tuple(in_shape), tuple(out_shape)
