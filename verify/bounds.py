@@ -49,6 +49,10 @@ def verified(margin_lower, y):
     return ((margin_lower > 0) | own).all(dim=1)
 
 
+def _gamma(k, unit):
+    return k * unit / (1 - k * unit)
+
+
 def concretize(A, const, x_l, x_u, lower: bool):
     mid, rad = ((x_u + x_l) / 2).unsqueeze(1), ((x_u - x_l) / 2).unsqueeze(1)
     centre = (A * mid).flatten(2).sum(-1)
@@ -58,23 +62,24 @@ def concretize(A, const, x_l, x_u, lower: bool):
 
 class _Layers:
     """What one interval pass learns: output bounds l, u; pre: each relaxed op's input
-    bounds; err: each runtime error interval's half-width; mag (with tau): magnitudes."""
+    bounds; err: each error interval's half-width, by op index."""
 
     def __init__(self, l, u):
-        self.l, self.u, self.h = l, u, None
-        self.pre, self.err, self.mag = {}, {}, {}
+        self.l, self.u = l, u
+        self.pre, self.err = {}, {}
 
 
 class BoundedNet:
     """The network as a list of ops; computes forward values, IBP and CROWN bounds."""
 
-    def __init__(self, ops, errors=None, tau=0.0):
+    def __init__(self, ops, errors=None, unit=0.0):
         """errors: {op index: fn(l_in, u_in) -> half-width of an interval added to the op's
-        output} (a runtime's rounding, verify.rounding); tau: relative error of the bound
-        arithmetic itself, charged against the magnitudes of every term (0: exact)."""
+        output}: a runtime's rounding and the bound arithmetic's own (verify.rounding);
+        unit: the unit roundoff of the bound arithmetic, charged where bounds are concretized
+        over the input box (0: exact arithmetic assumed, as in training)."""
         self.ops = list(ops)
         self.errors = dict(errors or {})
-        self.tau = tau
+        self.unit = unit
 
     def forward(self, x):
         for op in self.ops:
@@ -109,39 +114,39 @@ class BoundedNet:
 
     def _ibp_layers(self, x_l, x_u, ops):
         """IBP through ops: the output bounds, every ReLU's pre-activation bounds and every
-        runtime error interval (by op index), and the magnitudes that tau charges."""
+        error interval (by op index)."""
         lay = _Layers(x_l, x_u)
         l, u = x_l, x_u
-        h = torch.maximum(x_l.abs(), x_u.abs()) if self.tau else None
         for i, op in enumerate(ops):
             if _relaxed(op):
                 lay.pre[i] = (l, u)
-                if h is not None:
-                    lay.mag[i], h = h, 2 * h  # a relaxation's intercept is at most |input|
-            elif h is not None:
-                h = getattr(op, "magnitude", op.forward)(h)
             if i in self.errors:
                 e = lay.err[i] = self.errors[i](l, u)
                 l, u = op.ibp(l, u)
                 l, u = l - e, u + e
             else:
                 l, u = op.ibp(l, u)
-        lay.l, lay.u, lay.h = l, u, h
+        lay.l, lay.u = l, u
         return lay
 
     def _spec_slack(self, lay, C):
-        """What C·(the final op's output) can lose to rounding: the runtime's error of a
-        final op merged into the spec, and tau on the magnitudes of every term."""
+        """What C·(the final op's output) can lose to rounding when that op is merged into
+        the spec (its error interval was not part of the interval pass)."""
         ops, W, _ = self._split_spec(C)
-        slack = torch.zeros(W.shape[:2], dtype=W.dtype, device=W.device)
         last = len(self.ops) - 1
-        if len(ops) == last and last in self.errors:  # the final Linear is merged into C
-            e = self.errors[last](lay.l, lay.u)
-            slack = slack + torch.einsum("bsk,bk->bs", C.abs(), e)
-        if self.tau:
-            mag = self.ops[last].magnitude(lay.h) if len(ops) == last else lay.h
-            slack = slack + self.tau * torch.einsum("bsk,bk->bs", C.abs(), mag.flatten(1))
-        return slack
+        if len(ops) == last and last in self.errors:
+            return torch.einsum("bsk,bk->bs", C.abs(), self.errors[last](lay.l, lay.u))
+        return torch.zeros(W.shape[:2], dtype=W.dtype, device=W.device)
+
+    def _concretize(self, A, const, x_l, x_u, lower: bool):
+        """concretize, less what its own sums over the input can round away (unit > 0)."""
+        bound = concretize(A, const, x_l, x_u, lower)
+        if self.unit:
+            h = torch.maximum(x_l.abs(), x_u.abs()).unsqueeze(1)
+            n = x_l[0].numel() + 4
+            slack = _gamma(n, self.unit) * (A.abs() * h).flatten(2).sum(-1) + _gamma(4, self.unit) * const.abs()
+            bound = bound - slack if lower else bound + slack
+        return bound
 
     def _backward(self, A, end, lay, lower: bool, rows=None):
         """Pull linear functions A of ops[end-1]'s output back to the network input.
@@ -193,7 +198,6 @@ class BoundedNet:
                     spread = spread + A[0].abs().flatten(1) @ lay.err[j - 1].flatten(1).T
                 A, c = self.ops[j - 1].backward(A)
                 const, j = const + c, j - 1
-            slack = self.tau * lay.mag[i].flatten(1) if self.tau else None
             for part in torch.arange(len(sample), device=l.device).split(max(1, _MAX_A_ELEMENTS // widest)):
                 s, rows = sample[part], which[part]
                 A_rows, c_rows = A[0, rows].unsqueeze(1), const[0, rows].unsqueeze(1)
@@ -201,9 +205,7 @@ class BoundedNet:
                     Ar, cr = self._backward(A_rows, j, lay, lower, rows=s)
                     sign = -1 if lower else 1
                     cr = cr + c_rows + sign * spread[rows, s].unsqueeze(1)
-                    bound = concretize(Ar, cr, x_l[s], x_u[s], lower).squeeze(1)
-                    if slack is not None:
-                        bound = bound + sign * slack[s, neuron[part]]
+                    bound = self._concretize(Ar, cr, x_l[s], x_u[s], lower).squeeze(1)
                     flat[s, neuron[part]] = pick(flat[s, neuron[part]], bound)
             pre[i] = (flat_l.view_as(l), flat_u.view_as(u))
         return lay
@@ -222,10 +224,10 @@ class BoundedNet:
         const0 = b if b is not None else W.new_zeros(W.shape[:2])
         slack = self._spec_slack(lay, C) if C is not None else 0
         Al, cl = self._backward(W, len(ops), lay, lower=True)
-        result = [concretize(Al, cl + const0, x_l, x_u, True) - slack]
+        result = [self._concretize(Al, cl + const0, x_l, x_u, True) - slack]
         if upper:
             Au, cu = self._backward(W, len(ops), lay, lower=False)
-            result.append(concretize(Au, cu + const0, x_l, x_u, False) + slack)
+            result.append(self._concretize(Au, cu + const0, x_l, x_u, False) + slack)
         if with_ibp:
             result.append(self._apply_spec(lay, C)[0])
         return result[0] if len(result) == 1 else tuple(result)

@@ -9,9 +9,9 @@ Stages run cheapest first and each runs only on what the one before left open:
   PGD            a counterexample the real runtime confirms makes the sample falsified;
   MILP           complete, with a time limit per sample (methods milp and auto).
 A bound stage can only say "verified"; only a runtime-confirmed counterexample says
-"falsified". Bounds are those of verify.rounding.sound_net: float64 arithmetic with the
-float32 runtime's rounding and the bound arithmetic's own charged, on an input box rounded
-outward; counterexamples live in the float32 points of the ball (rounded inward). The attack always runs on the samples the bounds left open, so every report
+"falsified". Bounds are verify.rounding's sound ones (the float32 runtime's rounding and the
+bound arithmetic's own charged; float32 first, float64 on what that leaves open) on an input
+box rounded outward; counterexamples live in the float32 points of the ball (rounded inward). The attack always runs on the samples the bounds left open, so every report
 carries verified <= exact <= attack-robust.
 """
 from __future__ import annotations
@@ -24,9 +24,12 @@ import torch
 
 from .attack import pgd
 from .bounds import BoundedNet, margin_spec, verified
-from .rounding import inner_box, sound_box, sound_net
+from .rounding import SoundBounds, inner_box, sound_box
 
 METHODS = ("ibp", "crown", "milp", "auto")
+IBP_STAGES = ((torch.float32, "ibp"), (torch.float64, "ibp"))
+# CROWN-IBP first (IBP intermediate bounds, ~50x cheaper), full CROWN on what is left
+CROWN_STAGES = ((torch.float32, "crown-ibp"), (torch.float32, "crown"), (torch.float64, "crown"))
 
 
 @dataclass
@@ -70,7 +73,7 @@ def verify_float(net: BoundedNet, runtime, x, y, eps, method="crown", indices=No
     results = []
     gen = torch.Generator().manual_seed(seed)
     mnet = None
-    sound = sound_net(net, x.shape[1:])
+    sound = SoundBounds(net, x.shape[1:])
     for s in range(0, len(y), batch_size):
         xb, yb = x[s:s + batch_size], y[s:s + batch_size]
         out, mnet = _batch(net, sound, runtime, xb, yb, eps, method, time_limit, gen, attack_steps,
@@ -91,20 +94,14 @@ def _batch(net, sound, runtime, xb, yb, eps, method, time_limit, gen, steps, res
     x_l, x_u = sound_box(xb, eps)  # float64, for the bounds
     a_l, a_u = inner_box(xb, eps)  # float32, for counterexamples
     C = margin_spec(yb, K).double()
-    with torch.no_grad():
-        lb = sound.ibp(x_l, x_u, C)[0]
-    ok = verified(lb, yb) & correct
+    lb = torch.full(C.shape[:2], -torch.inf, dtype=torch.float64)
     stage = ["ibp"] * B
+    sound.tighten(x_l, x_u, C, yb, lb, correct, IBP_STAGES)
     if method != "ibp":
-        # CROWN-IBP first (IBP intermediate bounds, ~50x cheaper), full CROWN on what is left
-        for intermediate in ("ibp", "crown"):
-            todo = (correct & ~ok).nonzero().squeeze(1)
-            if len(todo):
-                with torch.no_grad():
-                    lb[todo] = torch.maximum(lb[todo], sound.crown(x_l[todo], x_u[todo], C[todo], intermediate))
-                ok[todo] = verified(lb[todo], yb[todo])
-                for i in todo.tolist():
-                    stage[i] = "crown"
+        for rows in sound.tighten(x_l, x_u, C, yb, lb, correct, CROWN_STAGES):
+            for i in rows.tolist():
+                stage[i] = "crown"
+    ok = verified(lb, yb) & correct
     per_sample = (time.perf_counter() - t0) / B  # the batched stages, shared evenly
     status = np.where(ok.numpy(), "verified", "unknown").astype(object)
     status[~correct.numpy()] = "falsified"

@@ -24,6 +24,7 @@ from . import ops
 from .bounds import BoundedNet, concretize
 
 _TOL = 1e-4  # slack on float64 accumulator bounds before rounding them to integers
+QUANT_NUDGE = 2.0 ** -20  # relative: a float32 x / scale (or x * (1 / scale)) is within a few ulps
 SUPPORTED = "CONV_2D (per-channel or per-tensor), FULLY_CONNECTED, PAD (height and width), RESHAPE"
 
 
@@ -197,17 +198,21 @@ class Int8Model:
         self.net, self.in_scale, self.in_zp = net, in_scale, in_zp
         self.in_shape, self.out_scale, self.out_zp, self.num_classes = in_shape_nchw, out_scale, out_zp, num_classes
 
-    def quantize(self, x, mode="away"):
+    def quantize(self, x, mode="away", nudge=0.0):
         """Pixel values -> int8 minus the zero point; mode 'away' is TFLite's rounding (half away
-        from zero), 'even' numpy's, used to make input boxes hold for either."""
+        from zero), 'even' numpy's, used to make input boxes hold for either. nudge moves
+        x / scale by that relative amount first (outward rounding of a box end)."""
         v = np.asarray(x, np.float64) / self.in_scale
+        v = v + nudge * np.abs(v)
         r = np.sign(v) * np.floor(np.abs(v) + 0.5) if mode == "away" else np.round(v)
         return np.clip(r + self.in_zp, -128, 127) - self.in_zp
 
     def input_box(self, x_l, x_u):
-        """The int8 inputs (minus zp) that the pixel box [x_l, x_u] quantizes to: monotone."""
-        lo = np.minimum(self.quantize(x_l, "away"), self.quantize(x_l, "even"))
-        hi = np.maximum(self.quantize(x_u, "away"), self.quantize(x_u, "even"))
+        """The int8 inputs (minus zp) that the pixel box [x_l, x_u] can quantize to, for
+        either rounding of halves and for x / scale evaluated in float32 rather than exactly
+        (off by a few float32 ulps: the 2^-20 relative nudge outward covers that)."""
+        lo = np.minimum(self.quantize(x_l, "away", -QUANT_NUDGE), self.quantize(x_l, "even", -QUANT_NUDGE))
+        hi = np.maximum(self.quantize(x_u, "away", QUANT_NUDGE), self.quantize(x_u, "even", QUANT_NUDGE))
         return torch.from_numpy(lo), torch.from_numpy(hi)
 
     def forward_int(self, u):

@@ -5,8 +5,11 @@ Cascade per batch (each stage on what the one before left open):
   int8-ibp      exact per-neuron integer intervals, the last layer merged into the margins
                 (method ibp stops here);
   int8-crown    CROWN over the integer network's relaxation (methods crown and auto);
-  attack        PGD on a rounding-free surrogate of the integer network, then the quantized
-                point runs through LiteRT: only LiteRT's verdict makes a sample falsified.
+  attack        PGD on a rounding-free surrogate of the integer network, then a search of the
+                integer box itself (verify.int8_attack), scored by the integer network; the
+                best input runs through LiteRT: only LiteRT's verdict makes a sample falsified.
+The bounds use the eps-ball rounded outward and quantized outward; attacks stay on the float32
+points of the ball (rounded inward) and the int8 inputs those quantize to.
 The int8 margin is an integer, so a lower bound above a float-noise slack proves >= 1:
 no tie, hence no argmax tie-break, can change the class.
 """
@@ -18,9 +21,11 @@ import numpy as np
 import torch
 
 from .attack import pgd
-from .bounds import input_box, margin_spec
+from .bounds import margin_spec
 from .float_verify import SampleResult, _min_margin
+from .int8_attack import integer_search
 from .int8_bounds import margin_ibp
+from .rounding import inner_box, sound_box
 
 METHODS = ("ibp", "crown", "auto")
 PROOF_SLACK = 1e-3  # float64 error on an integer margin bound is far below this
@@ -104,8 +109,9 @@ def _batch(model, runtime, xb, yb, eps, method, gen, steps, restarts):
     t0 = time.perf_counter()
     logits = torch.as_tensor(runtime(xb.numpy()))
     correct = logits.argmax(1) == yb
-    x_l, x_u = input_box(xb, eps)
+    x_l, x_u = sound_box(xb, eps)
     u_l, u_u = model.input_box(x_l.numpy(), x_u.numpy())
+    a_l, a_u = inner_box(xb, eps)
     C = margin_spec(yb, model.num_classes).double()
     with torch.no_grad():
         lb = margin_ibp(model.net, u_l, u_u, C)
@@ -129,16 +135,22 @@ def _batch(model, runtime, xb, yb, eps, method, gen, steps, restarts):
     open_ = (correct & ~ok).nonzero().squeeze(1)
     if len(open_):
         t1 = time.perf_counter()
+        lo, hi = a_l[open_].numpy(), a_u[open_].numpy()
         adv, _ = pgd(surrogate(model), xb[open_].double(), yb[open_], eps, steps=steps, restarts=restarts,
                      generator=gen)
-        # every attacked point is judged by LiteRT, whatever the surrogate thought of it
-        adv = np.minimum(np.maximum(adv.float().numpy(), x_l[open_].numpy()), x_u[open_].numpy())
-        real = torch.as_tensor(runtime(adv))
-        broken = real.argmax(1) != yb[open_]
-        m = _min_margin(torch.einsum("bsk,bk->bs", C[open_].float(), real.float()), yb[open_])
-        for k, i in enumerate(open_.tolist()):
-            if broken[k]:
-                status[i], cex[i], cex_margin[i], stage[i] = "falsified", adv[k], float(m[k]), "pgd"
+        adv = np.minimum(np.maximum(adv.float().numpy(), lo), hi)
+        # the int8 inputs that the ball's float32 points reach, under the runtime's own rounding
+        r_l, r_u = (torch.from_numpy(model.quantize(v)) for v in (lo, hi))
+        u_adv, _ = integer_search(model, torch.from_numpy(model.quantize(adv)), r_l, r_u, yb[open_], generator=gen)
+        found = np.minimum(np.maximum((u_adv.numpy() * model.in_scale).astype(np.float32), lo), hi)
+        # every candidate is judged by LiteRT, whatever the integer network or surrogate said
+        for what, cand in (("pgd", adv), ("int8-search", found)):
+            real = torch.as_tensor(runtime(cand))
+            broken = real.argmax(1) != yb[open_]
+            m = _min_margin(torch.einsum("bsk,bk->bs", C[open_].float(), real.float()), yb[open_])
+            for k, i in enumerate(open_.tolist()):
+                if broken[k] and status[i] != "falsified":
+                    status[i], cex[i], cex_margin[i], stage[i] = "falsified", cand[k], float(m[k]), what
         seconds[open_.numpy()] += (time.perf_counter() - t1) / len(open_)
     margins = _min_margin(lb, yb).numpy() * model.out_scale  # in logit units, as the float reports
     return [SampleResult(-1, int(yb[i]), str(status[i]), stage[i], float(margins[i]), cex_margin[i],

@@ -3,29 +3,36 @@
 A verifier that computes bounds in float32 with round-to-nearest, on a network that a runtime
 also executes in float32, can certify a point the runtime misclassifies: large biases that
 cancel leave margins of 1e-5 on logits near 1,000, below float32's resolution there. So every
-bound that is reported or certified is computed on sound_net(net):
+bound that is reported or certified is computed on sound_net(net), which accounts for two
+kinds of rounding, each as an error interval added to an affine op's output (IBP widens by
+it; CROWN pulls it back through |A|):
 
-1. Bound arithmetic in float64. TF32 (PyTorch's default for float32 convolutions on recent
-   GPUs) never applies to float64. The remaining float64 rounding is charged as
-   TAU · magnitude, where the magnitude of a quantity bounds the sum of the absolute values
-   of every term it was computed from (the network of absolute weights and biases, with each
-   ReLU's relaxation intercept counted as another |input|): any order of summation of n terms
-   errs by at most n·u64 times that sum (Higham, Accuracy and Stability of Numerical
-   Algorithms, 2nd ed., §3.1), and TAU takes n as the widest layer, times the number of ops,
-   times 8 for the several passes a CROWN bound makes.
-2. The runtime's float32 rounding. An affine op's output sums n products and a bias; in any
-   order, blocked or with FMA, fl(w·x + b) lies within gamma(k)·(|w|·|x| + |b|) of the real
-   value, gamma(k) = k·u / (1 - k·u), u = 2^-24, k = the op's `roundings` (n plus the
-   roundings of constants a runtime folds in). So each affine op gets an interval of that
-   half-width added to its output, from its own input bounds: IBP widens by it, CROWN pulls
-   it back through |A|, and the verified margin is that of the executed network. ReLU,
-   reshapes and comparisons are exact in floating point.
-The assumption is that the runtime evaluates each op as such sums (ONNX Runtime's MLAS and
-PyTorch's CPU kernels do); an algorithm that transforms the arithmetic (Winograd or FFT
-convolution) is outside this model.
+1. The runtime's. An affine op's output sums n products and a bias; in any order, blocked or
+   with FMA, fl(w·x + b) lies within gamma(k)·(|w|·|x| + |b|) of the real value, where
+   gamma(k) = k·u / (1 - k·u), u = 2^-24, and k counts the op's roundings (n, plus the
+   constants a runtime folds in: `roundings` on the op). Higham, Accuracy and Stability of
+   Numerical Algorithms, 2nd ed., §3.1.
+2. The bound computation's own, in float32 or float64 (unit roundoff u_c). Every sum the
+   bound rules form at an op, forward (W·mid + b, |W|·rad) or backward (A·W, A·b, and the
+   ReLU relaxation's A·intercept, which is at most 2·|A|·|input|), is a sum of terms
+   bounded by |A|·(|W|·h + |b|) with h = max(|l|, |u|) of the op's input: a computed CROWN
+   coefficient differs from the exact one by at most gamma(m)·|A|·|W|, and the bound stays a
+   bound once that times h is subtracted. So the same interval, with gamma over the op's
+   fan-in, fan-out and the ops after it, covers it. Sums over the input box are charged
+   where bounds are concretized (BoundedNet.unit). Each interval is enlarged by 1% for the
+   rounding of its own computation.
+ReLU, reshapes and comparisons are exact in floating point. TF32 (PyTorch's default for
+float32 convolutions on recent GPUs) breaks the model of point 2, so bound computations run
+with it off (no_tf32). The runtime is assumed to evaluate each op as such sums (ONNX Runtime's
+MLAS and PyTorch's CPU kernels do); Winograd or FFT convolution is outside this model.
+
+float32 bounds are fast and slightly looser; float64 ones (u_c = 2^-53) are as tight as
+exact arithmetic allows, at several times the cost on CPU: the verifier and the trainer's
+evaluation run float32 first and float64 on what that leaves open.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import numpy as np
@@ -34,7 +41,6 @@ import torch
 from .bounds import BoundedNet
 
 U32 = 2.0 ** -24
-U64 = 2.0 ** -53
 
 
 def gamma(k, u=U32):
@@ -42,48 +48,60 @@ def gamma(k, u=U32):
     return k * u / (1 - k * u)
 
 
-def to_float64(net: BoundedNet) -> BoundedNet:
-    """A copy of net whose tensors are float64 (weights are upcast exactly)."""
+def converted(net: BoundedNet, dtype) -> BoundedNet:
+    """A copy of net whose tensors have dtype (float32 weights upcast exactly to float64)."""
     ops = []
     for op in net.ops:
         new = copy.copy(op)
         for k, v in vars(op).items():
-            if isinstance(v, torch.Tensor):
-                setattr(new, k, v.detach().double())
+            if isinstance(v, torch.Tensor) and v.is_floating_point():
+                setattr(new, k, v.detach().to(dtype))
         ops.append(new)
     return BoundedNet(ops)
 
 
-def _widest(net, in_shape):
+def _sizes(net, in_shape, dtype):
+    """Per-sample element counts at each op's input and output."""
     device = next((v.device for op in net.ops for v in vars(op).values() if isinstance(v, torch.Tensor)), "cpu")
-    x = torch.zeros(1, *in_shape, dtype=torch.float64, device=device)
-    widest = x.numel()
+    x = torch.zeros(1, *in_shape, dtype=dtype, device=device)
+    sizes = []
     for op in net.ops:
-        x = op.forward(x)
-        widest = max(widest, x.numel())
-    return widest
+        y = op.forward(x)
+        sizes.append((x.numel(), y.numel()))
+        x = y
+    return sizes
 
 
-def tau(net: BoundedNet, in_shape) -> float:
-    """The relative error charged to float64 bound arithmetic (point 1 above)."""
-    return 8 * (len(net.ops) + 2) * gamma(_widest(net, in_shape) + 2, U64)
-
-
-def _runtime_error(op, g):
+def _error_interval(op, g):
     def err(l, u):
         return g * op.magnitude(torch.maximum(l.abs(), u.abs()))
     return err
 
 
-def sound_net(net: BoundedNet, in_shape) -> BoundedNet:
-    """float64 copy of net with the float32 runtime's rounding and the bound arithmetic's own
-    rounding accounted for: its bounds hold for the network as executed (see above)."""
-    f64 = to_float64(net)
-    t = tau(f64, in_shape)
-    # each op's interval also absorbs tau on its own IBP arithmetic
-    errors = {i: _runtime_error(op, gamma(op.roundings) + t) for i, op in enumerate(f64.ops)
-              if getattr(op, "roundings", 0)}
-    return BoundedNet(f64.ops, errors=errors, tau=t)
+def sound_net(net: BoundedNet, in_shape, dtype=torch.float64) -> BoundedNet:
+    """A copy of net in dtype whose bounds hold for the network as a float32 runtime
+    executes it, whatever the rounding of the bound arithmetic (see above)."""
+    c = converted(net, dtype)
+    u_c = torch.finfo(dtype).eps / 2
+    depth = len(c.ops) + 8  # partial sums carried across ops, the spec's few terms
+    errors = {}
+    for i, (op, (n_in, n_out)) in enumerate(zip(c.ops, _sizes(c, in_shape, dtype))):
+        k = getattr(op, "roundings", 0)
+        if k:
+            g = gamma(k) + gamma(k + n_out + depth, u_c) + 2 * gamma(n_in + depth, u_c)
+            errors[i] = _error_interval(op, 1.01 * g)
+    return BoundedNet(c.ops, errors=errors, unit=u_c)
+
+
+@contextlib.contextmanager
+def no_tf32():
+    """Bound computations in full float32 on GPUs: TF32 keeps 10 bits of mantissa."""
+    flags = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
 
 
 def sound_box(x, eps, lo=0.0, hi=1.0):
@@ -106,3 +124,41 @@ def inner_box(x, eps, lo=0.0, hi=1.0):
     x_l = torch.where(x_l.double() < want_l, torch.nextafter(x_l, torch.tensor(np.inf)), x_l)
     x_u = torch.where(x_u.double() > want_u, torch.nextafter(x_u, torch.tensor(-np.inf)), x_u)
     return x_l, x_u
+
+
+def outward(x_l, x_u, dtype):
+    """The box [x_l, x_u] in dtype, rounded outward."""
+    lo, hi = x_l.to(dtype), x_u.to(dtype)
+    lo = torch.where(lo.double() > x_l.double(), torch.nextafter(lo, torch.tensor(-np.inf, dtype=dtype)), lo)
+    hi = torch.where(hi.double() < x_u.double(), torch.nextafter(hi, torch.tensor(np.inf, dtype=dtype)), hi)
+    return lo, hi
+
+
+class SoundBounds:
+    """One network's sound bounds, float32 first and float64 on what that leaves open."""
+
+    def __init__(self, net: BoundedNet, in_shape):
+        self.nets = {torch.float32: sound_net(net, in_shape, torch.float32),
+                     torch.float64: sound_net(net, in_shape, torch.float64)}
+
+    def tighten(self, x_l, x_u, C, y, lb, todo, stages):
+        """Raise the margin lower bounds lb (float64, (B, S)) of the rows in todo (bool) with
+        each stage in turn, (dtype, 'ibp' | 'crown-ibp' | 'crown'), only on rows still
+        unverified; returns the bool mask of rows some stage touched last, per stage."""
+        from .bounds import verified
+        touched = []
+        with torch.no_grad(), no_tf32():
+            for dtype, kind in stages:
+                rows = (todo & ~verified(lb, y)).nonzero().squeeze(1)
+                touched.append(rows)
+                if not len(rows):
+                    continue
+                net = self.nets[dtype]
+                lo, hi = outward(x_l[rows], x_u[rows], dtype)
+                Cr = C[rows].to(dtype)
+                if kind == "ibp":
+                    new = net.ibp(lo, hi, Cr)[0]
+                else:
+                    new = net.crown(lo, hi, Cr, "ibp" if kind == "crown-ibp" else "crown")
+                lb[rows] = torch.maximum(lb[rows], new.double())
+        return touched
