@@ -8,20 +8,51 @@ import click
 from .errors import VeriSparseError
 
 
+EXIT_OK, EXIT_VERDICT, EXIT_INPUT, EXIT_BUG = 0, 1, 2, 3
+
+
 class _Group(click.Group):
-    """Prints a VeriSparseError as one line and exits 2, without a traceback."""
+    """One exit-code contract for every command: 0 success, 1 a negative verdict (the
+    commands exit 1 themselves), 2 bad input or environment, 3 a bug. Anything a user can
+    cause prints one line, never a traceback; `verisparse --debug ...` shows tracebacks."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except VeriSparseError as e:
-            click.echo(f"error: {e}", err=True)
-            sys.exit(2)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as e:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            click.echo(_one_line(e), err=True)
+            sys.exit(EXIT_BUG if _is_bug(e) else EXIT_INPUT)
+        except MemoryError:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            click.echo("error: out of memory; verify fewer samples (--n) or lower the size limits", err=True)
+            sys.exit(EXIT_INPUT)
+
+
+def _is_bug(e):
+    return not isinstance(e, (VeriSparseError, OSError))
+
+
+def _one_line(e):
+    if isinstance(e, VeriSparseError):
+        return f"error: {e}"
+    if isinstance(e, OSError):  # an output path that is a file, under a file, read-only, a full disk
+        where = f": {e.filename}" if e.filename else ""
+        return f"error: {e.strerror or e}{where}"
+    return (f"internal error: {type(e).__name__}: {str(e)[:300]} -- a bug in verisparse; "
+            "`verisparse --debug ...` shows the traceback")
 
 
 @click.group(cls=_Group, context_settings=dict(help_option_names=["-h", "--help"], max_content_width=100))
 @click.version_option(package_name="verisparse")
-def main():
+@click.option("--debug", is_flag=True, envvar="VERISPARSE_DEBUG",
+              help="Show tracebacks instead of one-line errors.")
+@click.pass_context
+def main(ctx, debug):
     """VeriSparse: certifiably robust sparse networks, from training to microcontroller.
 
     \b
@@ -34,7 +65,16 @@ def main():
     \b
     Example:
       verisparse train --dataset mnist5k --arch cnn_4layer --eps 0.1 --sparsity 0.9 --out runs/default
+
+    \b
+    Exit codes (every command):
+      0  success
+      1  a negative verdict (verified accuracy below --min-vra, a failed --check, firmware
+         bytes that differ from the interpreters')
+      2  bad input or environment: one line on stderr says what is wrong and what to do
+      3  a bug in verisparse: one line; --debug shows the traceback
     """
+    ctx.obj = dict(debug=debug)
 
 
 def _eps(ctx, param, value):
