@@ -60,7 +60,7 @@ def read_log(path: Path) -> list[dict]:
 
 
 def check_resumable(state: dict, cfg, out: Path, config_type):
-    """A checkpoint and config.json must both belong to the run asked for."""
+    """A checkpoint and config.json must both belong to the run asked for; returns config.json."""
     saved = read_config(out, config_type)
     settings = {k: v for k, v in saved.items() if k != "dataset_info"}
     if settings != state["config"]:
