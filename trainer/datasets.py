@@ -63,12 +63,18 @@ def stratified_split(y: np.ndarray, test_fraction: float, seed: int):
 
 
 def _make(name, x, y, classes, test_fraction, seed, normalize=None, **split_info):
+    _check_rows(name, "", x, y)
     tr, te = stratified_split(y, test_fraction, seed)
     return _from_arrays(name, x[tr], y[tr], x[te], y[te], classes, normalize,
                         dict(kind="stratified", test_fraction=test_fraction, seed=seed, **split_info))
 
 
 def _from_arrays(name, x_tr, y_tr, x_te, y_te, classes, normalize, split):
+    _check_rows(name, "train ", x_tr, y_tr)
+    _check_rows(name, "test ", x_te, y_te)
+    if x_tr.shape[1:] != x_te.shape[1:]:
+        raise VeriSparseError(f"{name}: train features have shape {x_tr.shape[1:]} per sample but test features "
+                              f"{x_te.shape[1:]}; both splits need the same features")
     t = lambda a, dt: torch.from_numpy(np.ascontiguousarray(a)).to(dt)
     ds = Dataset(name, t(x_tr, torch.float32), t(y_tr, torch.long), t(x_te, torch.float32),
                  t(y_te, torch.long), list(classes), normalize, dict(split))
@@ -76,6 +82,17 @@ def _from_arrays(name, x_tr, y_tr, x_te, y_te, classes, normalize, split):
     ds.split.update(n_train=len(ds.y_train), n_test=len(ds.y_test),
                     test_sha256=split_hash(ds.x_test, ds.y_test))
     return ds
+
+
+def _check_rows(name, part, x, y):
+    """One label per sample, and samples that are arrays of features (not scalars)."""
+    if x.ndim < 2 or y.ndim != 1:
+        raise VeriSparseError(f"{name}: {part}features must be an array of samples (N, features...) and labels "
+                              f"a 1-D array (N,); got shapes {x.shape} and {y.shape}")
+    if len(x) != len(y):
+        raise VeriSparseError(f"{name}: {len(x)} {part}samples but {len(y)} {part}labels; they must match")
+    if len(x) == 0 or x[0].size == 0:
+        raise VeriSparseError(f"{name}: the {part}arrays are empty")
 
 
 def _check_range(ds):
@@ -246,24 +263,37 @@ def _npz(path, seed):
         raise VeriSparseError(f"npz dataset {p} not found") from None
     except Exception as e:
         raise VeriSparseError(f"cannot read npz dataset {p}: {e}") from None
-    classes = [str(c) for c in arrays.pop("classes")] if "classes" in arrays else None
+    classes = None
+    if "classes" in arrays:
+        if arrays["classes"].ndim != 1 or arrays["classes"].size == 0:
+            raise VeriSparseError(f"{p}: classes must be a non-empty 1-D array of names")
+        classes = [str(c) for c in arrays.pop("classes")]
     if {"x_train", "y_train", "x_test", "y_test"} <= keys:
-        x_tr, y_tr, x_te, y_te = (arrays[k] for k in ("x_train", "y_train", "x_test", "y_test"))
+        y_tr, y_te = _labels(arrays["y_train"], p), _labels(arrays["y_test"], p)
         classes = classes or _class_names(np.concatenate([y_tr, y_te]))
-        return _from_arrays(f"npz:{p}", x_tr.astype(np.float32), _labels(y_tr, p), x_te.astype(np.float32),
-                            _labels(y_te, p), classes, None, dict(kind="given", source=str(p)))
+        return _from_arrays(f"npz:{p}", _features(arrays["x_train"], p), y_tr, _features(arrays["x_test"], p),
+                            y_te, classes, None, dict(kind="given", source=str(p)))
     if {"x", "y"} <= keys:
         y = _labels(arrays["y"], p)
-        return _make(f"npz:{p}", arrays["x"].astype(np.float32), y, classes or _class_names(y), 0.2, seed,
+        return _make(f"npz:{p}", _features(arrays["x"], p), y, classes or _class_names(y), 0.2, seed,
                      source=str(p))
     raise VeriSparseError(f"npz dataset {p} needs arrays x_train, y_train, x_test, y_test (or x, y); "
                           f"it has {sorted(keys)}")
 
 
+def _features(x, p):
+    if not (np.issubdtype(x.dtype, np.number) or x.dtype == bool) or np.iscomplexobj(x):
+        raise VeriSparseError(f"{p}: features must be real numbers in [0, 1]; got dtype {x.dtype}")
+    return x.astype(np.float32)
+
+
 def _labels(y, p):
     y = np.asarray(y)
-    if y.ndim != 1 or not np.all(np.equal(np.mod(y, 1), 0)):
-        raise VeriSparseError(f"{p}: labels must be a 1-D array of integers")
+    if y.ndim != 1 or y.size == 0 or not (np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.floating)):
+        raise VeriSparseError(f"{p}: labels must be a non-empty 1-D array of integers; got shape {y.shape}, "
+                              f"dtype {y.dtype}")
+    if not np.all(np.equal(np.mod(y, 1), 0)) or y.min() < 0:
+        raise VeriSparseError(f"{p}: labels must be integers >= 0")
     return y.astype(np.int64)
 
 
@@ -278,6 +308,8 @@ def _csv(path, seed):
         text = p.read_text()
     except OSError as e:
         raise VeriSparseError(f"cannot read csv dataset {p}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise VeriSparseError(f"{p} is not a text csv file (it is not UTF-8); export the data as csv text") from None
     lines = [ln for ln in text.splitlines() if ln.strip()]
     if lines and not _is_numeric_row(lines[0]):
         lines = lines[1:]

@@ -7,6 +7,7 @@ Baselines: dense certified training, and dense -> magnitude prune -> certified f
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -15,10 +16,11 @@ import torch
 from tqdm import tqdm
 
 from verisparse.errors import VeriSparseError
-from verisparse.files import append_jsonl, read_json, read_jsonl, write_json, write_jsonl
+from verisparse.files import append_jsonl, write_json, write_jsonl
 from verisparse.verify import ops as bound_ops
 from verisparse.verify.from_torch import bounded_net
 
+from . import rundir as rd
 from . import sparsity as sp
 from .certified import certified_loss, ramp_progress, smooth_ramp
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -58,8 +60,10 @@ class TrainConfig:
     eval_crown_every: int = 0        # epochs between full-CROWN evaluations; 0: last epoch only; -1: never
 
     def resolved(self) -> "TrainConfig":
-        """Check every setting and fill the derived defaults; raises VeriSparseError."""
+        """Check every setting and fill the derived defaults; raises VeriSparseError.
+        The one place settings are checked: the CLI, the Python API and resume all come here."""
         c = TrainConfig(**asdict(self))
+        _check_types(c)
         if not 0 < c.eps <= 1:
             raise VeriSparseError(f"--eps must be in (0, 1] (pixel space); got {c.eps}")
         c.eps_train = min(1.0, 1.5 * c.eps) if c.eps_train is None else c.eps_train
@@ -83,12 +87,27 @@ class TrainConfig:
             # slowly (bench, 0.95 structured: 76.9% CROWN-verified vs 86.0% at 2e-3). Pruned
             # dense models fine-tune better at 5e-4 (90.1% vs 87.2%), so only this case moves.
             c.lr = 2e-3 if c.structure == "structured" and c.baseline is None else 5e-4
-        if c.epochs < 1 or c.batch_size < 1 or c.lr <= 0:
-            raise VeriSparseError("--epochs, --batch-size and --lr must be positive")
+        # Written as "not (inside)" so that NaN, which fails every comparison, is refused too.
+        for name, ok, what in (("epochs", c.epochs >= 1, ">= 1"), ("batch-size", c.batch_size >= 1, ">= 1"),
+                               ("lr", 0 < c.lr < math.inf, "finite and > 0"),
+                               ("lr-final", 0 <= c.lr_final <= 1, "in [0, 1]"),
+                               ("grad-clip", 0 < c.grad_clip < math.inf, "finite and > 0"),
+                               ("kappa-start", 0 <= c.kappa_start <= 1, "in [0, 1]"),
+                               ("kappa-end", 0 <= c.kappa_end <= 1, "in [0, 1]"),
+                               ("update-every", c.update_every >= 1, ">= 1"),
+                               ("update-fraction", 0 < c.update_fraction <= 1, "in (0, 1]"),
+                               ("update-end", 0 <= c.update_end <= 1, "in [0, 1]"),
+                               ("seed", 0 <= c.seed < 2 ** 32, "in [0, 2**32)"),
+                               ("eval-crown-every", c.eval_crown_every >= -1, ">= -1")):
+            if not ok:
+                raise VeriSparseError(f"--{name} must be {what}; got {getattr(c, name.replace('-', '_'))}")
         c.finetune_epochs = (max(1, c.epochs // 2) if c.finetune_epochs is None else c.finetune_epochs) \
             if c.baseline == "prune-finetune" else 0
         c.warmup_epochs = round(0.05 * c.epochs) if c.warmup_epochs is None else c.warmup_epochs
         c.ramp_epochs = max(1, round(0.5 * c.epochs)) if c.ramp_epochs is None else c.ramp_epochs
+        for name in ("finetune_epochs", "warmup_epochs", "ramp_epochs"):
+            if getattr(c, name) < 0:
+                raise VeriSparseError(f"--{name.replace('_', '-')} must be >= 0; got {getattr(c, name)}")
         if c.warmup_epochs + c.ramp_epochs > c.epochs:
             raise VeriSparseError("--warmup-epochs + --ramp-epochs must not exceed --epochs")
         return c
@@ -96,6 +115,32 @@ class TrainConfig:
     @property
     def sparse_from_scratch(self):
         return self.baseline is None and (self.sparsity > 0 or self.param_budget is not None)
+
+
+_INT_FIELDS = ("param_budget", "epochs", "finetune_epochs", "batch_size", "warmup_epochs", "ramp_epochs",
+               "update_every", "seed", "eval_crown_every")
+_FLOAT_FIELDS = ("eps", "eps_train", "sparsity", "lr", "lr_final", "grad_clip", "kappa_start", "kappa_end",
+                 "update_fraction", "update_end")
+_OPTIONAL = ("data_root", "eps_train", "param_budget", "baseline", "finetune_epochs", "lr", "warmup_epochs",
+             "ramp_epochs")
+
+
+def _check_types(c: TrainConfig):
+    """Settings from the Python API or a hand-edited config.json can be any JSON value."""
+    for f in fields(c):
+        v = getattr(c, f.name)
+        if v is None and f.name in _OPTIONAL:
+            continue
+        if f.name in _INT_FIELDS:
+            kind, ok = "an integer", isinstance(v, int) and not isinstance(v, bool)
+        elif f.name in _FLOAT_FIELDS:
+            kind, ok = "a number", isinstance(v, (int, float)) and not isinstance(v, bool)
+        elif f.name == "batchnorm":
+            kind, ok = "true or false", isinstance(v, bool)
+        else:
+            kind, ok = "a string", isinstance(v, str)
+        if not ok:
+            raise VeriSparseError(f"setting {f.name} must be {kind}; got {v!r}")
 
 
 def _schedule(cfg: TrainConfig, step: int, steps_per_epoch: int):
@@ -141,19 +186,20 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, device: str = "auto",
     cfg = cfg.resolved()
     out = Path(out_dir)
     dev = resolve_device(device)
-    ckpt_path, log_path = out / "checkpoint.pt", out / "train_log.jsonl"
-    state = None
-    if resume:
+    ckpt_path, log_path = out / rd.CHECKPOINT, out / rd.LOG
+    state = saved = None
+    if ckpt_path.exists():
+        if not resume:
+            raise VeriSparseError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
         state = load_checkpoint(ckpt_path)
-        if state["config"] != asdict(cfg):
-            diff = {k: (state["config"].get(k), v) for k, v in asdict(cfg).items() if state["config"].get(k) != v}
-            raise VeriSparseError(f"{out} holds a run with another config (saved, asked): {diff}; "
-                                  "resume with the same settings or train into a new --out")
-    elif ckpt_path.exists() or (out / "config.json").exists():
-        raise VeriSparseError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+        saved = rd.check_resumable(state, cfg, out, TrainConfig)
+    else:
+        note = rd.fresh_start_note(out, cfg, resume, TrainConfig)
+        if note:
+            print(f"note: {note}", file=sys.stderr)
 
     ds = load_dataset(cfg.dataset, cfg.seed, cfg.data_root, download)
-    if state is not None and read_json(out / "config.json")["dataset_info"]["split"] != ds.split:
+    if saved is not None and saved["dataset_info"]["split"] != ds.split:
         raise VeriSparseError(f"the dataset under {cfg.dataset} changed since {out} started; cannot resume")
     torch.manual_seed(cfg.seed)
     model = build_from_config(cfg, ds).to(dev)
@@ -169,10 +215,13 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, device: str = "auto",
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     start_epoch, step, train_seconds = 0, 0, 0.0
     if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
+        try:
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+        except (RuntimeError, KeyError, ValueError) as e:
+            raise VeriSparseError(f"{ckpt_path} does not fit this run's model: {_one_line(e)}") from None
         start_epoch, step, train_seconds = state["epoch"], state["step"], state["train_seconds"]
-        write_jsonl(log_path, [r for r in read_jsonl(log_path) if r["epoch"] <= start_epoch])
+        write_jsonl(log_path, [r for r in rd.read_log(log_path) if r["epoch"] <= start_epoch])
     else:
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "config.json", dict(asdict(cfg), dataset_info=_dataset_info(ds)))
@@ -186,7 +235,7 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, device: str = "auto",
     x_train, y_train = ds.x_train.to(dev), ds.y_train.to(dev)
     bar = tqdm(range(start_epoch, total_epochs), initial=start_epoch, total=total_epochs,
                disable=not progress, desc=f"train {out.name}", unit="epoch")
-    log = read_jsonl(log_path)
+    log = rd.read_log(log_path)
     for epoch in bar:
         phase = "finetune" if epoch >= cfg.epochs else ("sparse" if cfg.sparse_from_scratch else "dense")
         t0 = time.perf_counter()
@@ -208,6 +257,9 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, device: str = "auto",
                 g["lr"] = lr
             net = bounded_net(model, ds.input_shape)
             loss, logits = certified_loss(net, xb, yb, eps, K, cfg.method, beta, kappa)
+            loss_value = loss.item()
+            if not math.isfinite(loss_value):
+                _diverged(epoch, b, f"the loss is {loss_value}")
             fraction = sp.update_fraction(step, update_steps, cfg.update_fraction, cfg.update_end)
             move = unstructured_moving and step > 0 and step % cfg.update_every == 0 and fraction > 0
             grads = None
@@ -224,9 +276,11 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, device: str = "auto",
                         m.weight.mul_(m.weight_mask)  # pruned weights stay exactly zero
             if move:
                 sp.prune_regrow(model, fraction, grads, torch.Generator().manual_seed(cfg.seed + step))
-            loss_sum += loss.item() * len(yb)
+            loss_sum += loss_value * len(yb)
             correct += float((logits.argmax(1) == yb).sum())
             step += 1
+        if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+            _diverged(epoch, steps_per_epoch - 1, "the weights are no longer finite")
         epoch_seconds = time.perf_counter() - t0
         train_seconds += epoch_seconds
 
@@ -250,6 +304,16 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, device: str = "auto",
     return log
 
 
+def _one_line(e: Exception):
+    return " ".join(str(e).split())[:300]
+
+
+def _diverged(epoch, batch, what):
+    """Stop before non-finite numbers reach the checkpoint: the last saved epoch stays as it was."""
+    raise VeriSparseError(f"training diverged at epoch {epoch + 1} step {batch + 1}; lower --lr ({what}; "
+                          "this epoch was not saved)")
+
+
 def load_run(run_dir, device="cpu"):
     """(model in eval mode, TrainConfig, dataset) of a run directory."""
     run = Path(run_dir)
@@ -258,11 +322,11 @@ def load_run(run_dir, device="cpu"):
     cfg_dict = state.get("config")
     if not isinstance(cfg_dict, dict) or set(cfg_dict) != known:
         raise VeriSparseError(f"{run}/checkpoint.pt was written by another version of VeriSparse (config keys differ)")
-    cfg = TrainConfig(**cfg_dict)
+    cfg = TrainConfig(**cfg_dict).resolved()
     ds = load_dataset(cfg.dataset, cfg.seed, cfg.data_root)
     model = build_from_config(cfg, ds)
     try:
         model.load_state_dict(state["model"])
     except (RuntimeError, KeyError) as e:
-        raise VeriSparseError(f"{run}/checkpoint.pt does not fit architecture {cfg.arch}: {str(e)[:300]}") from None
+        raise VeriSparseError(f"{run}/checkpoint.pt does not fit architecture {cfg.arch}: {_one_line(e)}") from None
     return model.to(device).eval(), cfg, ds

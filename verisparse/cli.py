@@ -91,7 +91,7 @@ def _sparsity(ctx, param, value):
 
 @main.command(epilog="""\b
 Examples:
-  # VeriSparse default: 90% unstructured sparsity from a random mask, CROWN-IBP
+  # VeriSparse default: 90% unstructured sparsity from a random mask, IBP (--method crown-ibp: CROWN-IBP)
   verisparse train --dataset mnist5k --arch cnn_4layer --eps 0.1 --sparsity 0.9 --out runs/default
   # structured (whole filters/neurons), under a weight budget
   verisparse train --structure structured --param-budget 20000 --out runs/structured

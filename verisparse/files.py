@@ -34,8 +34,13 @@ def read_json(path):
         return json.load(f)
 
 
+def _json_line(record):
+    # NaN and Infinity are not JSON: a reader of the log must be able to parse every line.
+    return json.dumps(record, sort_keys=True, allow_nan=False) + "\n"
+
+
 def write_jsonl(path, records):
-    atomic_write(path, lambda f: f.writelines(json.dumps(r, sort_keys=True) + "\n" for r in records), mode="w")
+    atomic_write(path, lambda f: f.writelines(_json_line(r) for r in records), mode="w")
 
 
 def read_jsonl(path):
@@ -47,7 +52,7 @@ def read_jsonl(path):
 
 def append_jsonl(path, record):
     with open(path, "a") as f:
-        f.write(json.dumps(record, sort_keys=True) + "\n")
+        f.write(_json_line(record))
         f.flush()
         os.fsync(f.fileno())
 
