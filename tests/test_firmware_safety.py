@@ -179,6 +179,18 @@ def test_zero_points_outside_int8_are_refused(tflite, tmp_path):
     _one_line_error(code, text, "zero point 300", "outside [-128, 127]")
 
 
+def test_int8_verifier_applies_the_same_checks(tflite):
+    from verisparse.verify.int8_bounds import from_graph
+    for tensor, scale, message in ((14, 1e-30, "requantization multiplier"), (11, float("nan"), "finite and positive")):
+        data = _patched(tflite, _scale_of(tflite, tensor), struct.pack("<If", 1, scale))
+        with pytest.raises(VeriSparseError, match=message):
+            from_graph(read_tflite(data))
+    g = read_tflite(tflite)
+    g.operators[0].inputs[1] = -1
+    with pytest.raises(VeriSparseError, match="weights input is missing"):
+        from_graph(g)
+
+
 @pytest.mark.parametrize("field,value,message", [
     ("stride_h", 0, "must be positive"), ("dilation_w", 0, "must be positive"), ("padding", "UNKNOWN_7", "padding"),
     ("stride_w", 70000, "inconsistent")])
