@@ -63,7 +63,7 @@ def _current_sha(path: Path) -> str | None:
 
 def _previous(out: Path, files: dict[str, bytes]) -> dict[str, str]:
     """The listed files of a previous output (empty for a new folder); refuses anything else."""
-    if out.is_symlink() or (out.exists() and not out.is_dir()):
+    if out.exists() and not out.is_dir():
         raise VeriSparseError(f"--out {out} is not a folder; pass a folder path")
     if not out.exists() or not any(out.iterdir()):
         return {}
@@ -92,10 +92,10 @@ def _previous(out: Path, files: dict[str, bytes]) -> dict[str, str]:
 
 def write_files(out: Path, files: dict[str, bytes]) -> None:
     """Write the project's files (name -> bytes) into out, as the module docstring says."""
-    out = Path(out)
-    listed = _previous(out, files)
+    out = Path(os.path.realpath(out))  # a linked OUT is written where it points, staged beside that
     manifest = _manifest({n: _sha(d) for n, d in files.items()})
     try:
+        listed = _previous(out, files)
         out.parent.mkdir(parents=True, exist_ok=True)
         stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
         umask = os.umask(0)

@@ -94,6 +94,10 @@ def test_out_that_is_a_file_or_a_damaged_manifest_is_one_line(digits_run, tmp_pa
     _one_line_error(code, text, "not a folder")
     code, text = _cli("firmware", digits_run, "--out", tmp_path / "file" / "fw")
     _one_line_error(code, text, "cannot write")
+    (tmp_path / "fw").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "fw")
+    code, text = _cli("firmware", digits_run, "--out", tmp_path / "link")
+    assert code == 0 and (tmp_path / "fw" / outdir.MANIFEST).exists(), text
     (tmp_path / "evil").mkdir()
     (tmp_path / "evil" / outdir.MANIFEST).write_text(json.dumps({"files": {"../file": "0" * 64}}))
     code, text = _cli("firmware", digits_run, "--out", tmp_path / "evil")
