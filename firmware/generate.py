@@ -196,10 +196,13 @@ def generate_firmware(source, board: str = "mps2-an386", out=None, run: bool = F
         rounding=dict(firmware="TFLite double rounding (TFLM)", fully_connected_note=FC_NOTE if has_fc else None),
         vectors=len(vec),
     )
-    if not run:
-        report.update(_kept_measurements(fw_dir, report["project_sha256"]))
+    report.update(_kept_measurements(fw_dir, report["project_sha256"]))
     files[REPORT] = _json_bytes(report)
     write_files(fw_dir, files)
+    # the run's report follows its project even when building or QEMU fails below
+    run_report = run_dir / REPORT if run_dir is not None and _same_path(fw_dir, run_dir / "firmware") else None
+    if run_report is not None:
+        _write_run_report(run_report, report)
     if run:
         toolchain.make(fw_dir, "all")
         text = toolchain.run_qemu(fw_dir)
@@ -210,8 +213,8 @@ def generate_firmware(source, board: str = "mps2-an386", out=None, run: bool = F
                                    litert_must_match=not has_fc, exact=exact)
         report.update(_measure(fw_dir, b, totals, pl, text))
         replace_file(fw_dir, REPORT, _json_bytes(report))
-    if run_dir is not None and _same_path(fw_dir, run_dir / "firmware"):
-        _write_run_report(run_dir / REPORT, report)
+        if run_report is not None:
+            _write_run_report(run_report, report)
     if run and not report["exactness"]["exact"]:
         raise VeriSparseError(f"the firmware's outputs differ from the interpreters' (TFLM: "
                               f"{report['exactness']['tflm']['differing_bytes']} bytes, LiteRT: "
