@@ -177,7 +177,8 @@ def generate_firmware(source, board: str = "mps2-an386", out=None, run: bool = F
     vec = make_vectors(vectors, prog.input.shape[1:] if len(prog.input.shape) > 1 else prog.input.shape,
                        float(prog.input.scale[0]), int(prog.input.zero_point[0]), run_dir)
     vh, vc = vectors_c(vec)
-    sources = {"model.h": model_h(prog, pl), "model.c": model_c(prog, pl, tfl.name), "vs_vectors.h": vh, "vs_vectors.c": vc}
+    sources = {"model.h": model_h(prog, pl), "model.c": model_c(prog, pl, tfl.name),
+               "vs_vectors.h": vh, "vs_vectors.c": vc}
     files = {name: text.encode() for name, text in project_files(b, sources).items()}
     has_fc = any(l.op == "FULLY_CONNECTED" for l in prog.layers)
     report = dict(

@@ -18,11 +18,15 @@ if TYPE_CHECKING:  # the command imports this module for its defaults; numpy sta
     from verisparse.tflite_graph import Graph
 
 
+# The kernels' int index arithmetic and the average pool's int32 sum (128 per element) stay in
+# range up to here, so --max-tensor-elements cannot go higher.
+TENSOR_ELEMENTS_CEILING = 1 << 23
+
+
 @dataclass(frozen=True)
 class Limits:
     max_ops: int = 1000
-    # 2^23: also keeps the kernels' int index arithmetic and the average pool's int32 sum in range
-    max_tensor_elements: int = 1 << 23
+    max_tensor_elements: int = TENSOR_ELEMENTS_CEILING
     max_macs: int = 1_000_000_000
     max_arena: int = 64 << 20  # bytes of planned activation arena
 
@@ -30,9 +34,9 @@ class Limits:
         for name, v in vars(self).items():
             if v < 1:
                 raise VeriSparseError(f"--{name.replace('_', '-')} must be at least 1; got {v}")
-        if self.max_tensor_elements > 1 << 23:
-            raise VeriSparseError(f"--max-tensor-elements can be at most {1 << 23} (the kernels' index arithmetic); "
-                                  f"got {self.max_tensor_elements}")
+        if self.max_tensor_elements > TENSOR_ELEMENTS_CEILING:
+            raise VeriSparseError(f"--max-tensor-elements can be at most {TENSOR_ELEMENTS_CEILING} (the kernels' "
+                                  f"index arithmetic); got {self.max_tensor_elements}")
 
 
 def _macs(g: Graph, op) -> int:
@@ -53,8 +57,8 @@ def check_graph(g: Graph, limits: Limits):
         n = math.prod(t.shape)
         if n > limits.max_tensor_elements:
             raise VeriSparseError(f"tensor {t.index} ({t.name!r}) has {n} elements {list(t.shape)}, more than "
-                                  f"--max-tensor-elements {limits.max_tensor_elements}; raise it (up to {1 << 23}) if the "
-                                  "model is meant to be this large")
+                                  f"--max-tensor-elements {limits.max_tensor_elements}; raise it (up to "
+                                  f"{TENSOR_ELEMENTS_CEILING}) if the model is meant to be this large")
     macs = sum(_macs(g, op) for op in g.operators)
     if macs > limits.max_macs:
         raise VeriSparseError(f"the model needs {macs} multiply-accumulates per inference, more than --max-macs "
