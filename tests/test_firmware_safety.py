@@ -161,8 +161,9 @@ def test_multipliers_the_c_arithmetic_cannot_apply_are_refused(tflite, tmp_path)
     code, text = _cli("firmware", path, "--out", tmp_path / "fw")
     _one_line_error(code, text, "operator 3 (CONV_2D): requantization multiplier", "outside [0, 2^30)")
     assert not (tmp_path / "fw").exists()
-    with pytest.raises(VeriSparseError, match="outside"):
-        checked_multipliers([2.0 ** 30], "x")
+    for m in (2.0 ** 30, 2.0 ** 30 * (1 - 2.0 ** -40), float("inf"), -1.0):  # the second rounds up to 2^30
+        with pytest.raises(VeriSparseError, match="outside"):
+            checked_multipliers([0.5, m], "x")
     q, s = checked_multipliers([2.0 ** 30 * 0.999, 0.5, 2.0 ** -40], "x")
     assert s.tolist() == [30, 0, 0] and q[2] == 0
 

@@ -44,16 +44,17 @@ def quantize_multipliers(ms) -> tuple[np.ndarray, np.ndarray]:
 
 def checked_multipliers(ms, where: str) -> tuple[np.ndarray, np.ndarray]:
     """quantize_multipliers for multipliers derived from a model's scales, refusing the ones
-    the fixed-point arithmetic cannot apply (not finite, negative, or 2^30 and over: their
-    left shift would be undefined in C). Such multipliers come from corrupt or inconsistent scales."""
+    the fixed-point arithmetic cannot apply: not finite, negative, or 2^30 and over (a shift
+    over TFLite's limit of 30; from 32 up the C helper's shift would be undefined). Such
+    multipliers come from corrupt or inconsistent scales."""
     ms = np.asarray(ms, np.float64).ravel()
-    bad = ~np.isfinite(ms) | (ms < 0) | (ms >= 2.0 ** SHIFT_MAX)
+    usable = np.isfinite(ms) & (ms >= 0)
+    q, shift = quantize_multipliers(np.where(usable, ms, 0.0))
+    bad = ~usable | (shift > SHIFT_MAX)  # the shift, not m: rounding can carry m just below 2^30 up to it
     if bad.any():
-        raise VeriSparseError(f"{where}: requantization multiplier {ms[bad][0]:g} (input scale x weight scale / "
-                              f"output scale) is outside [0, 2^{SHIFT_MAX}); the model's scales are corrupt or "
+        raise VeriSparseError(f"{where}: requantization multiplier {ms[bad][0]:g} (a ratio of the op's scales) "
+                              f"is outside [0, 2^{SHIFT_MAX}); the model's scales are corrupt or "
                               "inconsistent: re-export the model")
-    q, shift = quantize_multipliers(ms)
-    assert SHIFT_MIN <= shift.min(initial=0) and shift.max(initial=0) <= SHIFT_MAX
     return q, shift
 
 
