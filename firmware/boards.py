@@ -5,12 +5,10 @@ prints through semihosting. `generic` is a plain Cortex-M project to port to a r
 (boards/generic/README.md): same model and kernels, a UART hook instead of semihosting."""
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from verisparse.errors import VeriSparseError
-from verisparse.files import atomic_write
 
 HERE = Path(__file__).parent
 STACK_BYTES = 8 * 1024  # reserved for the test harness's printf; the model itself needs far less
@@ -55,8 +53,8 @@ def _fill(template: str, values: dict) -> str:
     return template
 
 
-def write_project(out: Path, board: Board, sources: dict[str, str]):
-    """Writes the generated sources (name -> text), kernels and board files into out."""
+def project_files(board: Board, sources: dict[str, str]) -> dict[str, str]:
+    """The whole project, name -> text: the generated sources, the kernels and the board files."""
     qemu = board.qemu_machine is not None
     values = dict(BOARD=board.name, DESCRIPTION=board.description, CPU=board.cpu,
                   QEMU_MACHINE=board.qemu_machine or "none", QEMU_CPU=board.cpu,
@@ -78,8 +76,4 @@ def write_project(out: Path, board: Board, sources: dict[str, str]):
         files["README.md"] = (HERE / "boards/generic/README.md").read_text()
     for name in sorted(p.name for p in (HERE / "kernels").iterdir() if p.suffix in (".c", ".h")):
         files[f"kernels/{name}"] = (HERE / "kernels" / name).read_text()
-    for stale in (out / "kernels", out / "build"):  # an old project's kernels and objects must not linger
-        if stale.exists():
-            shutil.rmtree(stale)
-    for name, text in files.items():
-        atomic_write(out / name, lambda f, t=text: f.write(t), mode="w")
+    return files

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import click
 
+from .limits import Limits
+
 
 @click.command(epilog="""\b
 Examples:
@@ -17,7 +19,15 @@ Examples:
 @click.option("--run", "run", is_flag=True,
               help="Build with arm-none-eabi-gcc, run in QEMU and check every output byte against TFLM and LiteRT.")
 @click.option("--vectors", type=int, default=200, show_default=True, help="Test inputs embedded in the firmware.")
-def firmware(source, board, out, run, vectors):
+@click.option("--max-ops", type=int, default=Limits.max_ops, show_default=True,
+              help="Refuse models with more operators.")
+@click.option("--max-tensor-elements", type=int, default=Limits.max_tensor_elements, show_default=True,
+              help="Refuse models with a larger tensor (at most the default).")
+@click.option("--max-macs", type=int, default=Limits.max_macs, show_default=True,
+              help="Refuse models with more multiply-accumulates per inference.")
+@click.option("--max-arena", type=int, default=Limits.max_arena, show_default=True,
+              help="Refuse models whose activation arena needs more bytes.")
+def firmware(source, board, out, run, vectors, max_ops, max_tensor_elements, max_macs, max_arena):
     """Generate C firmware for a full-int8 model: RUN_DIR (its model_int8.tflite) or MODEL.tflite.
 
     Writes model.c/.h (const weights, sparse where smaller, one static arena), the kernels,
@@ -26,7 +36,8 @@ def firmware(source, board, out, run, vectors):
     RAM and instruction counts."""
     from .generate import generate_firmware
 
-    r = generate_firmware(source, board, out, run=run, vectors=vectors)
+    r = generate_firmware(source, board, out, run=run, vectors=vectors,
+                          limits=Limits(max_ops, max_tensor_elements, max_macs, max_arena))
     t = r["totals"]
     click.echo(f"firmware {r['firmware_dir']}  ({r['board']['name']}, {r['board']['cpu']})")
     click.echo(f"  weights           {t['nonzero_weights']} non-zero, stored in {t['stored_weight_bytes']} B "

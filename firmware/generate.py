@@ -2,6 +2,9 @@
 that the firmware prints exactly what TFLM and LiteRT compute, plus its measured cost."""
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -11,15 +14,19 @@ from verisparse.files import sha256_file, write_json
 from verisparse.tflite_graph import read_tflite
 
 from . import toolchain
-from .boards import STACK_BYTES, Board, get_board, write_project
+from .boards import STACK_BYTES, Board, get_board, project_files
 from .emit import model_c, model_h
+from .limits import Limits, check_arena, check_graph
 from .lower import Program, lower
+from .outdir import read_listed, replace_file, write_files
 from .plan import Plan, plan
 from .reference import run_litert, run_tflm
 from .vectors import make_vectors, vectors_c
 
 TFLM_CORE_BYTES = 16 * 1024  # TFLM's documented minimum core size on Cortex-M3, the interpreter baseline
 CODE_ALLOWANCE = 16 * 1024  # kernels, startup and harness code, for the fit check before building
+REPORT = "firmware.json"
+MEASURED = ("exactness", "flash", "ram", "instructions")  # what --run adds to the report
 FC_NOTE = ("LiteRT 2.x's reference FULLY_CONNECTED rounds once ((acc * m + 2^(s-1)) >> s); TFLM and this "
            "firmware round twice (TFLite's MultiplyByQuantizedMultiplier), so LiteRT can differ by 1 LSB on "
            "FULLY_CONNECTED outputs. The firmware is held to TFLM byte for byte; VeriSparse's exporter writes "
@@ -108,7 +115,44 @@ def _measure(fw_dir: Path, board: Board, totals: dict, pl: Plan, text: str) -> d
     )
 
 
-def generate_firmware(source, board: str = "mps2-an386", out=None, run: bool = False, vectors: int = 200) -> dict:
+def _json_bytes(obj) -> bytes:
+    return json.dumps(obj, indent=2, sort_keys=True).encode()
+
+
+def _project_sha256(files: dict[str, bytes]) -> str:
+    """One hash over the project's files: what a report's measurements were taken on."""
+    h = hashlib.sha256()
+    for name in sorted(files):
+        h.update(f"{name}\0{hashlib.sha256(files[name]).hexdigest()}\n".encode())
+    return h.hexdigest()
+
+
+def _kept_measurements(fw_dir: Path, project_sha: str) -> dict:
+    """The QEMU results of the folder's previous report when they were taken on these very files:
+    regenerating without --run must not drop them (a richer report is never replaced by a poorer one)."""
+    old = read_listed(fw_dir, REPORT)
+    try:
+        old = json.loads(old) if old is not None else {}
+    except ValueError:
+        return {}
+    if not isinstance(old, dict) or old.get("project_sha256") != project_sha:
+        return {}
+    return {k: old[k] for k in MEASURED if k in old}
+
+
+def _same_path(a: Path, b: Path) -> bool:
+    return os.path.abspath(a) == os.path.abspath(b) or (a.exists() and b.exists() and os.path.samefile(a, b))
+
+
+def _write_run_report(path: Path, report: dict):
+    try:
+        write_json(path, report)
+    except OSError as e:
+        raise VeriSparseError(f"cannot write {path}: {e.strerror or e}") from None
+
+
+def generate_firmware(source, board: str = "mps2-an386", out=None, run: bool = False, vectors: int = 200,
+                      limits: Limits = Limits()) -> dict:
     src = Path(source)
     tfl, run_dir = _source(src)
     b = get_board(board)
@@ -117,9 +161,15 @@ def generate_firmware(source, board: str = "mps2-an386", out=None, run: bool = F
     if run and b.qemu_machine is None:
         raise VeriSparseError(f"board {b.name} has no emulator; --run needs one of the mps2 boards")
     fw_dir = Path(out) if out is not None else (run_dir or tfl.parent) / "firmware"
-    data = tfl.read_bytes()
-    prog = lower(read_tflite(tfl))
+    try:
+        data = tfl.read_bytes()
+    except OSError as e:
+        raise VeriSparseError(f"cannot read {tfl}: {e.strerror or e}") from None
+    graph = read_tflite(tfl)
+    check_graph(graph, limits)
+    prog = lower(graph)
     pl = plan(prog)
+    check_arena(pl.arena_bytes, limits)
     rows = _layer_rows(prog, pl)
     totals = _totals(rows)
     _check_fits(b, totals, pl, prog, vectors)
@@ -127,14 +177,15 @@ def generate_firmware(source, board: str = "mps2-an386", out=None, run: bool = F
     vec = make_vectors(vectors, prog.input.shape[1:] if len(prog.input.shape) > 1 else prog.input.shape,
                        float(prog.input.scale[0]), int(prog.input.zero_point[0]), run_dir)
     vh, vc = vectors_c(vec)
-    write_project(fw_dir, b, {"model.h": model_h(prog, pl), "model.c": model_c(prog, pl, tfl.name),
-                              "vs_vectors.h": vh, "vs_vectors.c": vc})
+    sources = {"model.h": model_h(prog, pl), "model.c": model_c(prog, pl, tfl.name),
+               "vs_vectors.h": vh, "vs_vectors.c": vc}
+    files = {name: text.encode() for name, text in project_files(b, sources).items()}
     has_fc = any(l.op == "FULLY_CONNECTED" for l in prog.layers)
     report = dict(
         source=dict(path=str(tfl), sha256=sha256_file(tfl), bytes=len(data)),
         board=dict(name=b.name, description=b.description, cpu=b.cpu, qemu_machine=b.qemu_machine,
                    flash_bytes=b.flash_bytes, ram_bytes=b.ram_bytes),
-        firmware_dir=str(fw_dir),
+        firmware_dir=str(fw_dir), project_sha256=_project_sha256(files),
         input=dict(shape=list(prog.input.shape), scale=float(prog.input.scale[0]),
                    zero_point=int(prog.input.zero_point[0]), model_quantizes_float_input=prog.float_input),
         output=dict(shape=list(prog.output.shape), scale=float(prog.output.scale[0]),
@@ -146,6 +197,13 @@ def generate_firmware(source, board: str = "mps2-an386", out=None, run: bool = F
         rounding=dict(firmware="TFLite double rounding (TFLM)", fully_connected_note=FC_NOTE if has_fc else None),
         vectors=len(vec),
     )
+    report.update(_kept_measurements(fw_dir, report["project_sha256"]))
+    files[REPORT] = _json_bytes(report)
+    write_files(fw_dir, files)
+    # the run's report follows its project even when building or QEMU fails below
+    run_report = run_dir / REPORT if run_dir is not None and _same_path(fw_dir, run_dir / "firmware") else None
+    if run_report is not None:
+        _write_run_report(run_report, report)
     if run:
         toolchain.make(fw_dir, "all")
         text = toolchain.run_qemu(fw_dir)
@@ -155,9 +213,9 @@ def generate_firmware(source, board: str = "mps2-an386", out=None, run: bool = F
         report["exactness"] = dict(board=b.name, vectors=len(vec), tflm=tflm, litert_reference=lite,
                                    litert_must_match=not has_fc, exact=exact)
         report.update(_measure(fw_dir, b, totals, pl, text))
-    write_json(fw_dir / "firmware.json", report)
-    if run_dir is not None:
-        write_json(run_dir / "firmware.json", report)
+        replace_file(fw_dir, REPORT, _json_bytes(report))
+        if run_report is not None:
+            _write_run_report(run_report, report)
     if run and not report["exactness"]["exact"]:
         raise VeriSparseError(f"the firmware's outputs differ from the interpreters' (TFLM: "
                               f"{report['exactness']['tflm']['differing_bytes']} bytes, LiteRT: "

@@ -14,14 +14,19 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from verisparse.errors import VeriSparseError
-from verisparse.fixedpoint import activation_range, quantize_multiplier, quantize_multipliers
-from verisparse.tflite_graph import Graph, Operator, Tensor, spatial_paddings
+from verisparse.fixedpoint import activation_range, checked_multipliers
+from verisparse.tflite_graph import Graph, Operator, Tensor, check_quantization, spatial_paddings
 
 from .sparse import SparseWeights, choose
 
 SUPPORTED = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "AVERAGE_POOL_2D", "MAX_POOL_2D", "ADD", "PAD",
              "RESHAPE", "QUANTIZE", "DEQUANTIZE")
 ADD_LEFT_SHIFT = 20  # TFLM's headroom for int8 ADD
+# params fields the kernels hold in uint16_t (vs_kernels.h); every other scalar field is int32_t
+# or wider. Dimensions and windows that fit uint16 also keep the kernels' int index arithmetic
+# in range.
+_UINT16_FIELDS = {"in_h", "in_w", "in_c", "out_h", "out_w", "out_c", "c", "depth_mult", "k_h", "k_w", "stride_h",
+                  "stride_w", "dil_h", "dil_w", "pad_top", "pad_left"}
 
 
 @dataclass
@@ -57,9 +62,12 @@ def _fail(op_index, op: Operator, why):
 
 def _padding(padding, in_size, k, stride, dil, out_size, where):
     """TFLite's ComputePaddingWithOffset: the leading pad; checks the stored output size."""
+    if padding not in ("SAME", "VALID") or k < 1 or stride < 1 or dil < 1:
+        raise VeriSparseError(f"{where}: filter {k}, stride {stride}, dilation {dil}, padding {padding}: filter, "
+                              "stride and dilation must be positive and padding SAME or VALID; the model is corrupt")
     eff = (k - 1) * dil + 1
     expect = (in_size + stride - 1) // stride if padding == "SAME" else (in_size + stride - eff) // stride
-    if padding not in ("SAME", "VALID") or stride < 1 or dil < 1 or expect != out_size:
+    if expect != out_size:
         raise VeriSparseError(f"{where}: output size {out_size} does not follow from input {in_size}, filter {k}, "
                               f"stride {stride}, dilation {dil}, padding {padding}; the model is inconsistent")
     return max((out_size - 1) * stride + eff - in_size, 0) // 2
@@ -82,11 +90,18 @@ def _check_int8(t: Tensor, what, where):
             "TFLITE_BUILTINS_INT8, as `verisparse export` does for model_int8.tflite")
 
 
-def _weights(g: Graph, idx, where) -> Tensor:
+def _weights(g: Graph, idx, where, channel_dim) -> Tensor:
+    """The op's constant int8 weights, scaled per tensor or per output channel (along channel_dim)."""
     t = g.tensors[idx]
     _check_int8(t, "weight tensor", where)
     if t.data is None:
         raise VeriSparseError(f"{where}: weights {t.name!r} are not constant")
+    per_channel = t.data.ndim > channel_dim and t.quantized_dimension == channel_dim \
+        and len(t.scale) == t.shape[channel_dim]
+    if len(t.scale) != 1 and not per_channel:
+        raise VeriSparseError(f"{where}: weights {t.name!r} of shape {t.shape} have {len(t.scale)} scales along "
+                              f"dimension {t.quantized_dimension}; one scale, or one per output channel "
+                              f"(dimension {channel_dim}), is supported")
     if np.any(t.zero_point != 0):
         raise VeriSparseError(f"{where}: weights {t.name!r} have non-zero zero points (asymmetric int8 weights); "
                               "TFLite's int8 scheme uses symmetric weights")
@@ -104,12 +119,13 @@ def _bias(g: Graph, op: Operator, n, where) -> np.ndarray:
     return t.data.astype(np.int64).ravel()
 
 
-def _folded_bias(bias, w2d, in_offset, where):
-    """bias + in_offset * sum(w) per output channel; refuses accumulators that could overflow int32."""
+def _folded_bias(bias, w2d, in_offset, where, shift=0):
+    """bias + in_offset * sum(w) per output channel; refuses accumulators that could overflow int32,
+    also after the requantization's left shift (shift > 0: multipliers over 1)."""
     w = w2d.astype(np.int64)
     folded = bias + in_offset * w.sum(axis=1)
     # the kernels start from the folded bias and add w * x for raw int8 x, in any order
-    worst = np.abs(folded) + np.abs(w).sum(axis=1) * 128
+    worst = (np.abs(folded) + np.abs(w).sum(axis=1) * 128) << np.maximum(shift, 0).astype(np.int64)
     if worst.max(initial=0) >= 2 ** 31:
         raise VeriSparseError(f"{where}: the int32 accumulator could overflow (bound {worst.max()}); "
                               "TFLite's kernels would overflow too")
@@ -124,14 +140,15 @@ def _conv_like(g, k, op, x, w, y, geometry, per_tensor_fc=False) -> Layer:
     in_scale, out_scale = float(x.scale[0]), float(y.scale[0])
     if per_tensor_fc:
         # TFLM's per-tensor FULLY_CONNECTED multiplies the two scales in float32 first.
-        m, s = quantize_multiplier(float(np.float32(x.scale[0]) * np.float32(w.scale[0])) / out_scale)
-        mult, shift = np.full(out_c, m, np.int32), np.full(out_c, s, np.int32)
+        with np.errstate(over="ignore"):  # an overflow to inf is refused by checked_multipliers
+            m = float(np.float32(x.scale[0]) * np.float32(w.scale[0])) / out_scale
+        mult, shift = checked_multipliers(np.full(out_c, m), where)
     else:
         fs = np.broadcast_to(w.scale, (out_c,))
-        mult, shift = quantize_multipliers(in_scale * fs / out_scale)
+        mult, shift = checked_multipliers(in_scale * fs / out_scale, where)
     in_offset = -int(x.zero_point[0])
     lo, hi = activation_range(op.options.get("fused_activation", "NONE"), y.scale[0], y.zero_point[0], where)
-    bias = _folded_bias(_bias(g, op, out_c, where), w4.reshape(out_c, -1), in_offset, where)
+    bias = _folded_bias(_bias(g, op, out_c, where), w4.reshape(out_c, -1), in_offset, where, shift)
     sparse = choose(w4)
     nnz = int(np.count_nonzero(w4))
     pixels = geometry["out_h"] * geometry["out_w"]
@@ -151,7 +168,7 @@ def _conv_like(g, k, op, x, w, y, geometry, per_tensor_fc=False) -> Layer:
 def _conv(g, k, op):
     x, y = g.tensors[op.inputs[0]], g.tensors[op.outputs[0]]
     where = f"operator {k} (CONV_2D)"
-    w = _weights(g, op.inputs[1], where)
+    w = _weights(g, op.inputs[1], where, 0)
     _, h, wd, c = _nhwc(x, where)
     _, oh, ow, oc = _nhwc(y, where)
     if w.data.ndim != 4 or w.shape[0] != oc or w.shape[3] != c:
@@ -165,7 +182,7 @@ def _conv(g, k, op):
 def _fully_connected(g, k, op):
     x, y = g.tensors[op.inputs[0]], g.tensors[op.outputs[0]]
     where = f"operator {k} (FULLY_CONNECTED)"
-    w = _weights(g, op.inputs[1], where)
+    w = _weights(g, op.inputs[1], where, 0)
     if op.options.get("weights_format", "DEFAULT") != "DEFAULT" or w.data.ndim != 2:
         raise VeriSparseError(f"{where}: only DEFAULT 2-D weights are supported")
     out_c, depth = w.shape
@@ -181,19 +198,19 @@ def _fully_connected(g, k, op):
 def _depthwise(g, k, op):
     x, y = g.tensors[op.inputs[0]], g.tensors[op.outputs[0]]
     where = f"operator {k} (DEPTHWISE_CONV_2D)"
-    w = _weights(g, op.inputs[1], where)
+    w = _weights(g, op.inputs[1], where, 3)
     _, h, wd, c = _nhwc(x, where)
     _, oh, ow, oc = _nhwc(y, where)
-    if w.data.ndim != 4 or w.shape[0] != 1 or w.shape[3] != oc or oc % c:
+    if w.data.ndim != 4 or w.shape[0] != 1 or w.shape[3] != oc or c == 0 or oc % c:
         raise VeriSparseError(f"{where}: filter {w.shape} does not map {x.shape} to {y.shape}")
     o = op.options
     _, kh, kw, _ = w.shape
     fs = np.broadcast_to(w.scale, (oc,))
-    mult, shift = quantize_multipliers(float(x.scale[0]) * fs / float(y.scale[0]))
+    mult, shift = checked_multipliers(float(x.scale[0]) * fs / float(y.scale[0]), where)
     in_offset = -int(x.zero_point[0])
     lo, hi = activation_range(o["fused_activation"], y.scale[0], y.zero_point[0], where)
     w2d = w.data.reshape(kh * kw, oc).T
-    bias = _folded_bias(_bias(g, op, oc, where), w2d, in_offset, where)
+    bias = _folded_bias(_bias(g, op, oc, where), w2d, in_offset, where, shift)
     params = dict(in_h=h, in_w=wd, in_c=c, out_h=oh, out_w=ow, out_c=oc, depth_mult=oc // c,
                   **_window(o, kh, kw, h, wd, oh, ow, where), in_offset=in_offset, out_offset=int(y.zero_point[0]),
                   act_min=lo, act_max=hi)
@@ -231,13 +248,15 @@ def _add(g, k, op):
     sa, sb, sy = float(a.scale[0]), float(b.scale[0]), float(y.scale[0])
     # TFLM's int8 ADD: both inputs to a common scale (twice the larger), with 20 bits of headroom
     twice_max = 2.0 * max(sa, sb)
-    m1, s1 = quantize_multiplier(sa / twice_max)
-    m2, s2 = quantize_multiplier(sb / twice_max)
-    mo, so = quantize_multiplier(twice_max / ((1 << ADD_LEFT_SHIFT) * sy))
+    (m1, m2, mo), (s1, s2, so) = checked_multipliers(
+        [sa / twice_max, sb / twice_max, twice_max / ((1 << ADD_LEFT_SHIFT) * sy)], where)
+    if (256 << ADD_LEFT_SHIFT) << max(int(so), 0) >= 2 ** 31:  # |input - zero point| <= 255, summed at most once
+        raise VeriSparseError(f"{where}: the output multiplier 2^{int(so)} would overflow int32 after the "
+                              "headroom shift; the model's scales are inconsistent: re-export the model")
     lo, hi = activation_range(op.options.get("fused_activation", "NONE"), y.scale[0], y.zero_point[0], where)
     params = dict(size=int(np.prod(y.shape)), in1_offset=-int(a.zero_point[0]), in2_offset=-int(b.zero_point[0]),
-                  left_shift=ADD_LEFT_SHIFT, in1_mult=m1, in1_shift=s1, in2_mult=m2, in2_shift=s2,
-                  out_mult=mo, out_shift=so, out_offset=int(y.zero_point[0]), act_min=lo, act_max=hi)
+                  left_shift=ADD_LEFT_SHIFT, in1_mult=int(m1), in1_shift=int(s1), in2_mult=int(m2), in2_shift=int(s2),
+                  out_mult=int(mo), out_shift=int(so), out_offset=int(y.zero_point[0]), act_min=lo, act_max=hi)
     return Layer("vs_add", "ADD", [a.index, b.index], y.index, params)
 
 
@@ -268,6 +287,17 @@ def _nhwc(t: Tensor, where):
     return t.shape
 
 
+def _check_fields(layer: Layer, where):
+    """Every scalar params field fits its C type (uint16_t or int32_t), so the emitted struct holds
+    exactly the numbers computed here."""
+    for name, v in layer.params.items():
+        lo, hi = (0, 0xFFFF) if name in _UINT16_FIELDS else (-(1 << 31), (1 << 31) - 1)
+        if not lo <= v <= hi:
+            raise VeriSparseError(f"{where}: {name} = {v} is outside [{lo}, {hi}], the range the kernels hold "
+                                  "it in; the model is too large or inconsistent")
+
+
+_REQUIRED_INPUTS = {"CONV_2D": 2, "DEPTHWISE_CONV_2D": 2, "FULLY_CONNECTED": 2, "ADD": 2, "PAD": 2}
 _LOWER = {"CONV_2D": _conv, "DEPTHWISE_CONV_2D": _depthwise, "FULLY_CONNECTED": _fully_connected,
           "AVERAGE_POOL_2D": _pool, "MAX_POOL_2D": _pool, "ADD": _add, "PAD": _pad, "RESHAPE": _reshape}
 
@@ -283,10 +313,12 @@ def lower(g: Graph) -> Program:
     ops = list(enumerate(g.operators))
     inp, out = g.tensors[g.inputs[0]], g.tensors[g.outputs[0]]
     float_in = float_out = False
-    if ops and ops[0][1].opcode == "QUANTIZE" and ops[0][1].inputs[0] == inp.index and inp.dtype == np.float32:
+    if ops and ops[0][1].opcode == "QUANTIZE" and ops[0][1].inputs[:1] == [inp.index] and len(ops[0][1].outputs) == 1 \
+            and inp.dtype == np.float32:
         float_in, inp = True, g.tensors[ops[0][1].outputs[0]]
         ops = ops[1:]
-    if ops and ops[-1][1].opcode == "DEQUANTIZE" and ops[-1][1].outputs[0] == out.index:
+    if ops and ops[-1][1].opcode == "DEQUANTIZE" and ops[-1][1].outputs == [out.index] and len(ops[-1][1].inputs) == 1 \
+            and ops[-1][1].inputs[0] >= 0:
         float_out, out = True, g.tensors[ops[-1][1].inputs[0]]
         ops = ops[:-1]
     for k, op in ops:
@@ -294,15 +326,24 @@ def lower(g: Graph) -> Program:
             _fail(k, op, "supported only at the model's input (QUANTIZE) and output (DEQUANTIZE)")
     _check_int8(inp, "input", "the model")
     _check_int8(out, "output", "the model")
+    for t, what in ((inp, "input"), (out, "output")):
+        check_quantization(t, f"the model's {what}")
     layers = []
     for k, op in ops:
         where = f"operator {k} ({op.opcode})"
+        need = _REQUIRED_INPUTS.get(op.opcode, 1)
+        if len(op.inputs) < need or min(op.inputs[:need]) < 0 or len(op.outputs) != 1:
+            _fail(k, op, f"{need} inputs and one output expected")
         acts = [op.inputs[0], *op.outputs] + ([op.inputs[1]] if op.opcode == "ADD" else [])
         for t in acts:
             _check_int8(g.tensors[t], "tensor", where)
-        if len(op.outputs) != 1:
-            _fail(k, op, "exactly one output expected")
+            if not np.prod(g.tensors[t].shape):
+                _fail(k, op, f"tensor {g.tensors[t].name!r} of shape {g.tensors[t].shape} has no elements")
+        for t in op.inputs + op.outputs:
+            if t >= 0:
+                check_quantization(g.tensors[t], where)
         layers.append(_LOWER[op.opcode](g, k, op))
+        _check_fields(layers[-1], where)
     if not layers:
         raise VeriSparseError("the model computes nothing (no operators between input and output)")
     produced = {inp.index}

@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from verisparse.errors import VeriSparseError
-from verisparse.fixedpoint import activation_range, multiply_by_quantized_multiplier, quantize_multipliers
-from verisparse.tflite_graph import spatial_paddings
+from verisparse.fixedpoint import activation_range, checked_multipliers, multiply_by_quantized_multiplier
+from verisparse.tflite_graph import check_quantization, spatial_paddings
 
 from . import ops
 from .bounds import BoundedNet, concretize
@@ -238,6 +238,9 @@ def from_graph(g) -> Int8Model:
         if any(i >= 0 and i != cur and g.tensors[i].data is None for i in op.inputs[1:]):
             raise VeriSparseError(f"{where}: only constant weights/biases are supported")
         out = g.tensors[op.outputs[0]]
+        for i in (*op.inputs, *op.outputs):  # the same checks as the firmware generator's
+            if i >= 0:
+                check_quantization(g.tensors[i], where)
         if op.opcode == "RESHAPE":
             new = _nchw(out.shape, "reshape output")
             if int(np.prod(new)) != int(np.prod(shape)):
@@ -288,6 +291,8 @@ def _same_quant(a, b, where):
 
 def _affine(g, op, t_in, t_out, shape, where):
     """CONV_2D / FULLY_CONNECTED with int8 per-channel weights and int32 bias -> (ops, out shape)."""
+    if len(op.inputs) < 2 or op.inputs[1] < 0:
+        raise VeriSparseError(f"{where}: the weights input is missing")
     w_t = g.tensors[op.inputs[1]]
     b_t = g.tensors[op.inputs[2]] if len(op.inputs) > 2 and op.inputs[2] >= 0 else None
     if w_t.dtype != np.int8 or t_in.dtype != np.int8 or t_out.dtype != np.int8:
@@ -301,7 +306,7 @@ def _affine(g, op, t_in, t_out, shape, where):
     if w_scale is None or (len(w_t.scale) > 1 and w_t.quantized_dimension != 0):
         raise VeriSparseError(f"{where}: weight scales must be per-tensor or per output channel")
     # TFLite computes the effective scale in double from the float32 scales
-    q, s = quantize_multipliers(float(t_in.scale[0]) * w_scale / float(t_out.scale[0]))
+    q, s = checked_multipliers(float(t_in.scale[0]) * w_scale / float(t_out.scale[0]), where)
     bias = torch.from_numpy((b_t.data if b_t is not None else np.zeros(out_ch, np.int32)).astype(np.float64))
     W = torch.from_numpy(np.array(w_t.data, dtype=np.float64))
     result = []

@@ -17,6 +17,9 @@ import numpy as np
 from .errors import VeriSparseError
 
 INT32_MIN, INT32_MAX = -(1 << 31), (1 << 31) - 1
+# Exponents MultiplyByQuantizedMultiplier applies without an undefined shift: TFLite's own
+# check (shift in [-31, 30]); quantize_multiplier flushes anything below -31 to zero.
+SHIFT_MIN, SHIFT_MAX = -31, 30
 
 
 def quantize_multiplier(m: float) -> tuple[int, int]:
@@ -37,6 +40,22 @@ def quantize_multipliers(ms) -> tuple[np.ndarray, np.ndarray]:
     """quantize_multiplier over an array: (int32 significands, int32 shifts)."""
     pairs = [quantize_multiplier(float(m)) for m in np.ravel(ms)]
     return np.array([p[0] for p in pairs], np.int32), np.array([p[1] for p in pairs], np.int32)
+
+
+def checked_multipliers(ms, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """quantize_multipliers for multipliers derived from a model's scales, refusing the ones
+    the fixed-point arithmetic cannot apply: not finite, negative, or 2^30 and over (a shift
+    over TFLite's limit of 30; from 32 up the C helper's shift would be undefined). Such
+    multipliers come from corrupt or inconsistent scales."""
+    ms = np.asarray(ms, np.float64).ravel()
+    usable = np.isfinite(ms) & (ms >= 0)
+    q, shift = quantize_multipliers(np.where(usable, ms, 0.0))
+    bad = ~usable | (shift > SHIFT_MAX)  # the shift, not m: rounding can carry m just below 2^30 up to it
+    if bad.any():
+        raise VeriSparseError(f"{where}: requantization multiplier {ms[bad][0]:g} (a ratio of the op's scales) "
+                              f"is outside [0, 2^{SHIFT_MAX}); the model's scales are corrupt or "
+                              "inconsistent: re-export the model")
+    return q, shift
 
 
 def _wrap32(x):
@@ -70,8 +89,10 @@ def activation_range(act: str, scale: float, zero_point: int, where: str) -> tup
     s, zp = np.float32(scale), int(zero_point)
 
     def q(f):
-        v = np.float32(f) / s
-        return zp + int(np.sign(v) * np.floor(np.abs(v) + np.float32(0.5)))
+        with np.errstate(over="ignore"):  # a tiny scale gives inf, which the clamp below and the range absorb
+            v = np.float32(f) / s
+            r = np.sign(v) * np.floor(np.abs(v) + np.float32(0.5))
+        return zp + int(np.clip(r, -2.0 ** 40, 2.0 ** 40))
 
     ranges = {"NONE": (-128, 127), "RELU": (max(-128, q(0.0)), 127), "RELU6": (max(-128, q(0.0)), min(127, q(6.0))),
               "RELU_N1_TO_1": (max(-128, q(-1.0)), min(127, q(1.0)))}

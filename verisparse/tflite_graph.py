@@ -315,3 +315,16 @@ def read_tflite(path_or_bytes) -> Graph:
         raise
     except (_Corrupt, struct.error, ValueError, OverflowError, IndexError, MemoryError) as e:
         raise VeriSparseError(f"{where} is not a valid TFLite flatbuffer ({e}); re-export the model") from None
+
+
+def check_quantization(t: Tensor, where: str):
+    """Refuses quantization parameters no int8 kernel can apply: scales that are not finite
+    and positive, zero points outside the tensor's integer range."""
+    if len(t.scale) and not (np.isfinite(t.scale) & (t.scale > 0)).all():
+        bad = t.scale[~(np.isfinite(t.scale) & (t.scale > 0))][0]
+        raise VeriSparseError(f"{where}: tensor {t.name!r} has scale {bad:g}; quantization scales must be finite "
+                              "and positive: the file is corrupt, re-export the model")
+    outside = (t.zero_point < -128) | (t.zero_point > 127)
+    if t.dtype == np.int8 and outside.any():
+        raise VeriSparseError(f"{where}: int8 tensor {t.name!r} has zero point {int(t.zero_point[outside][0])}, "
+                              "outside [-128, 127]: the file is corrupt, re-export the model")
