@@ -9,15 +9,17 @@ from conftest import trained_digits_export
 from verisparse.int8_runtime import quantize, run_litert
 from verisparse.verify.rounding import inner_box
 
-EPS = 0.06
+EPS = 0.05
 
 
 @pytest.fixture(scope="module")
 def int8_run(tmp_path_factory):
-    return trained_digits_export(tmp_path_factory.mktemp("int8atk") / "cnn", "cnn_4layer", eps=0.05, epochs=8)
+    # half the natural loss keeps it accurate enough to leave samples for the attacks to settle
+    return trained_digits_export(tmp_path_factory.mktemp("int8atk") / "cnn", "cnn_4layer", eps=0.03, epochs=10,
+                                 lr=5e-3, kappa_end=0.5)
 
 
-def _random_integer_search(model, x, y, rng, points=3000):
+def _random_integer_search(model, x, y, rng, points=1500):
     """Corners and interior points of the int8 box the ball's float32 points reach, through
     the integer network (byte-exact with LiteRT); True where some point is misclassified."""
     a_l, a_u = inner_box(x, EPS)
@@ -40,7 +42,7 @@ def test_int8_falsifier_finds_what_random_integer_search_finds(int8_run):
     art = load_artifact(int8_run / "model_int8.tflite")
     model, data = art.extra["model"], art.path.read_bytes()
     ds = load_dataset("digits")
-    x, y = ds.x_test[:150], ds.y_test[:150]
+    x, y = ds.x_test[:100], ds.y_test[:100]
     res = art.verify(x, y, EPS, "crown")
     by = {r.index: r for r in res}
     randomly_broken = _random_integer_search(model, x, y, np.random.default_rng(0))
