@@ -135,8 +135,15 @@ def test_report_in_headless_chromium(full_run, tmp_path):
     browser = _chromium()
     if browser is None:
         pytest.skip("chromium is not installed (Debian package `chromium`; `make toolchain` installs it)")
-    assert _cli("report", full_run).exit_code == 0
-    page = (full_run / "report.html").resolve()
+    run = tmp_path / "full"
+    shutil.copytree(full_run, run)
+    # the firmware section too: built and run in QEMU where the Arm toolchain is installed
+    built = shutil.which("arm-none-eabi-gcc") and shutil.which("qemu-system-arm")
+    r = _cli("firmware", run, "--board", "mps2-an386", "--out", run / "firmware", *(["--run"] if built else []))
+    assert r.exit_code == 0, r.output
+    assert _cli("report", run).exit_code == 0
+    page = (run / "report.html").resolve()
+    assert "firmware.json is missing" not in page.read_text()
     shot = tmp_path / "report.png"
     common = [browser, "--headless", "--disable-gpu", "--no-sandbox", "--hide-scrollbars",
               f"--user-data-dir={tmp_path / 'profile'}"]
