@@ -28,11 +28,12 @@ def metrics(run):
 def compare_page(run_dirs):
     runs = [load_run(p) for p in run_dirs]
     rows = [(r.name, metrics(r)) for r in runs]
-    body = ""
+    figs = ""
     for key, label in (("train_seconds", "training time (s)"), ("sparsity", "sparsity (fraction of zero weights)"),
                        ("flash_bytes", "flash (bytes)")):
         svg = plots.compare(rows, key, label)
-        body += svg if svg else note(f"No run records {label}.")
+        figs += f"<div>{svg}</div>" if svg else note(f"No run records {label}.")
+    body = f'<div class="figs">{figs}</div>'
     header = ["run", "verified accuracy", "eps", "from", "clean accuracy", "sparsity", "train time (s)", "flash (B)"]
     trows = [(n, m["verified_accuracy"], m["eps"], m["artifact"], m["clean_acc"], m["sparsity"], m["train_seconds"],
               m["flash_bytes"]) for n, m in rows]

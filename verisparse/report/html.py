@@ -24,6 +24,7 @@ table{border-collapse:collapse;width:100%;font-size:.9rem}
 th,td{border-bottom:1px solid var(--line);padding:4px 8px;text-align:left;vertical-align:top}
 td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}
 code,.mono{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:.82rem;word-break:break-all}
+.figs{display:grid;grid-template-columns:repeat(auto-fit,minmax(280px,1fr));gap:8px}
 svg.fig{width:100%;height:auto;display:block;margin:6px 0}
 .ok{color:var(--ok);font-weight:600}.bad{color:var(--bad);font-weight:600}.warn{color:var(--warn)}
 .note{color:var(--mut);font-size:.9rem}

@@ -161,6 +161,9 @@ def ladder(certs):
         ax.barh(k, s["attack_robust_accuracy"], color="#f4b183", height=0.6,
                 label="attack-robust (upper bound, heuristic attacks)" if k == 0 else None)
         ax.barh(k, s["verified_accuracy"], color="tab:green", height=0.6, label="verified (proved)" if k == 0 else None)
+        if s.get("exact"):
+            ax.plot([s["verified_accuracy"]], [k + 0.38], marker="v", color="black", ls="",
+                    label="exact (no sample left unknown)" if not any(c[1].get("exact") for c in certs[:k]) else None)
         ax.text(s["verified_accuracy"], k, f" {s['verified_accuracy']:.1%}", va="center", fontsize=8)
     ax.set_yticks(y, [c[0] for c in certs])
     ax.set(xlim=(0, 1), xlabel="fraction of the certified samples", title="robustness ladder")
