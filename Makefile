@@ -24,6 +24,9 @@ toolchain:
 	@command -v arm-none-eabi-gcc >/dev/null && command -v qemu-system-arm >/dev/null || \
 		($(SUDO) apt-get update && \
 		 $(SUDO) apt-get install -y gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm)
+	@command -v chromium >/dev/null || \
+		($(SUDO) apt-get update && $(SUDO) apt-get install -y chromium) || \
+		echo "chromium not installed: the report's browser test will be skipped"
 
 run: $(STAMP) toolchain
 	@if [ -f $(RUN)/checkpoint.pt ]; then resume=--resume; fi; \
@@ -33,6 +36,7 @@ run: $(STAMP) toolchain
 	$(VENV)/bin/verisparse verify $(RUN)/model.onnx --method auto --min-vra 0.85
 	$(VENV)/bin/verisparse verify $(RUN)/model_int8.tflite --method auto --min-vra 0.80
 	$(VENV)/bin/verisparse firmware $(RUN) --board mps2-an386 --out $(RUN)/firmware --run
+	$(VENV)/bin/verisparse report $(RUN)
 
 test: $(STAMP) toolchain
 	$(PY) -m pytest -q

@@ -62,8 +62,10 @@ Examples:
               help="Write the ONNX, one .vnnlib per sample and instances.csv (VNN-COMP layout) here.")
 @click.option("--check", "check", type=click.Path(), default=None,
               help="Re-validate this certificate against its artifact instead of verifying.")
+@click.option("--eps-sweep", "eps_sweep", default=None, metavar="START:STOP:STEP",
+              help="Also verify at each of these radii; the curve goes into the certificate (key eps_sweep).")
 def verify(artifact, eps, dataset, data_root, split, n, method, time_limit, min_vra, report, junit, export_vnnlib,
-           check):
+           check, eps_sweep=None):
     """Certify ARTIFACT (model.onnx, model_int8.tflite or checkpoint.pt) against L-inf attacks.
 
     Every sample ends verified (proved for the whole eps-ball), falsified (a counterexample
@@ -80,10 +82,15 @@ def verify(artifact, eps, dataset, data_root, split, n, method, time_limit, min_
     eps = eps if eps is not None else _default_eps(art, defaults)
     info, x, y = _samples(art, dataset or defaults.get("dataset"), defaults.get("seed", 0), data_root, split, n)
     method_used = _resolve_method(art, method)
+    from verisparse.verify import eps_sweep as sweep_mod
+    radii = sweep_mod.parse(eps_sweep) if eps_sweep else None
     start = time.perf_counter()
     results = art.verify(x, y, eps, method_used, time_limit=time_limit)
     cert = certificate.build(art, info, eps, method, time_limit, results, min_vra, time.perf_counter() - start)
     cert["method_resolved"] = method_used
+    if radii:
+        cert["eps_sweep"], cert["eps_sweep_certified_radius"] = sweep_mod.sweep(
+            art, x, y, radii, eps, results, method_used, time_limit)
     report = report or _default_report(art)
     if report:
         certificate.write(report, cert, results)

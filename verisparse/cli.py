@@ -213,6 +213,8 @@ def _print_summary(log, out):
 # at load time, so `verisparse --help` stays fast.
 from .firmware.command import firmware  # noqa: E402
 from .verify.command import verify  # noqa: E402
+from .report.command import report  # noqa: E402
 
 main.add_command(verify)
 main.add_command(firmware)
+main.add_command(report)
