@@ -353,6 +353,9 @@ def lower(g: Graph) -> Program:
             if t not in produced:
                 raise VeriSparseError(f"{l.op} reads tensor {g.tensors[t].name!r}, which no earlier operator "
                                       "writes (constant activations are not supported)")
+        if l.output in produced:  # the memory planner assumes one writer per tensor
+            raise VeriSparseError(f"{l.op} writes tensor {g.tensors[l.output].name!r}, which the model's input "
+                                  "or an earlier operator already holds; the model is inconsistent")
         produced.add(l.output)
     if out.index not in produced:
         raise VeriSparseError("no operator writes the model's output")

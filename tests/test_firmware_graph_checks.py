@@ -1,0 +1,81 @@
+"""`verisparse firmware` on graphs built in Python (no TensorFlow, no training, seconds): an
+inconsistent graph is one VeriSparseError before any C is written."""
+import numpy as np
+import pytest
+
+from verisparse.errors import VeriSparseError
+from verisparse.firmware.lower import lower
+from verisparse.tflite_graph import Graph, Operator, Tensor
+
+
+def _act(i, shape, scale=0.1, zp=-1):
+    return Tensor(i, f"t{i}", shape, np.dtype(np.int8), np.array([scale]), np.array([zp]), 0, None)
+
+
+def _const(i, data, scale=None):
+    q = np.zeros(0) if scale is None else np.asarray(scale, np.float64)
+    return Tensor(i, f"t{i}", data.shape, data.dtype, q, np.zeros(len(q), np.int64), 0, data)
+
+
+def _pool(inp, out, filter_h=1, filter_w=1, stride=1):
+    return Operator("AVERAGE_POOL_2D", [inp], [out], dict(padding="VALID", stride_h=stride, stride_w=stride,
+                                                           filter_h=filter_h, filter_w=filter_w,
+                                                           fused_activation="NONE"))
+
+
+def _graph(conv_inputs=(0, 3, 4), extra_ops=(), pool_shape=(1, 4, 4, 3), pool=None, seed=0):
+    """input t0 [1,4,4,2] -> CONV_2D 3x3 SAME -> t1 -> AVERAGE_POOL_2D -> t2 (the output);
+    the weights t3 and bias t4 are the last tensors, so index -1 would find the bias."""
+    w = np.random.default_rng(seed).integers(-5, 6, (3, 3, 3, 2)).astype(np.int8)
+    tensors = [_act(0, (1, 4, 4, 2)), _act(1, (1, 4, 4, 3), 0.05, 2), _act(2, pool_shape, 0.05, 2),
+               _const(3, w, [0.01, 0.02, 0.03]), _const(4, np.arange(3, dtype=np.int32))]
+    conv = Operator("CONV_2D", list(conv_inputs), [1], dict(padding="SAME", stride_h=1, stride_w=1,
+                                                             dilation_h=1, dilation_w=1, fused_activation="NONE"))
+    return Graph(tensors, [*extra_ops, conv, pool or _pool(1, 2)], [0], [2])
+
+
+
+# --- inconsistent graphs -----------------------------------------------------------------------
+
+def test_the_hand_built_graph_lowers():
+    prog = lower(_graph())
+    assert [l.op for l in prog.layers] == ["CONV_2D", "AVERAGE_POOL_2D"]
+
+
+def test_an_operator_writing_an_existing_tensor_is_refused():
+    """The memory planner gives every tensor one writer: an op that overwrites its own input, a
+    tensor an earlier op wrote, or the caller's const input buffer is refused."""
+    in_place = _graph(pool=_pool(1, 1))  # reads and writes t1
+    in_place.outputs = [1]
+    with pytest.raises(VeriSparseError, match="writes tensor 't1', which the model's input or an earlier operator"):
+        lower(in_place)
+    with pytest.raises(VeriSparseError, match="writes tensor 't0'"):  # the model's input
+        lower(_graph(extra_ops=[_pool(0, 0)]))
+    twice = _graph()  # a second pool writes t2 again, from t1
+    twice.operators.append(_pool(1, 2))
+    with pytest.raises(VeriSparseError, match="AVERAGE_POOL_2D writes tensor 't2'"):
+        lower(twice)
+
+
+@pytest.mark.parametrize("conv_inputs", [(0, -1, 4), (0,), ()])
+def test_absent_or_missing_operator_inputs_are_refused(conv_inputs):
+    # (0, -1, 4) must not read tensor -1 (the bias) as weights; () must not raise IndexError
+    with pytest.raises(VeriSparseError, match=r"operator 0 \(CONV_2D\): 2 inputs and one output expected"):
+        lower(_graph(conv_inputs=conv_inputs))
+
+
+def test_an_empty_pool_window_is_refused():
+    # filter 0 x 2 matches a 3 x 2 output under VALID padding; AVERAGE_POOL_2D would divide by zero
+    bad = _graph(pool=_pool(1, 2, filter_h=0, filter_w=2, stride=2), pool_shape=(1, 3, 2, 3))
+    with pytest.raises(VeriSparseError, match="filter 0, stride 2, dilation 1.*must be positive"):
+        lower(bad)
+
+
+def test_dimensions_beyond_the_kernels_uint16_fields_are_refused():
+    """A 1x1 CONV_2D over a 1 x 70000 image: in_w would wrap to 4464 in the C params struct."""
+    n = 70000
+    g = Graph([_act(0, (1, 1, n, 1)), _act(1, (1, 1, n, 1), 0.05, 2), _const(2, np.ones((1, 1, 1, 1), np.int8), [0.01])],
+              [Operator("CONV_2D", [0, 2], [1], dict(padding="VALID", stride_h=1, stride_w=1, dilation_h=1,
+                                                    dilation_w=1, fused_activation="NONE"))], [0], [1])
+    with pytest.raises(VeriSparseError, match=r"operator 0 \(CONV_2D\): in_w = 70000 is outside \[0, 65535\]"):
+        lower(g)
