@@ -1,9 +1,16 @@
 """`verisparse firmware` on graphs built in Python (no TensorFlow, no training, seconds): an
-inconsistent graph is one VeriSparseError before any C is written."""
+inconsistent graph is one VeriSparseError before any C is written, a firmware whose bytes
+differ from the interpreters' is a negative verdict (exit 1) recorded in firmware.json, and a
+failed run leaves no report claiming exactness for other files."""
+import json
+
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
+from verisparse.cli import main
 from verisparse.errors import VeriSparseError
+from verisparse.firmware import generate, toolchain
 from verisparse.firmware.lower import lower
 from verisparse.tflite_graph import Graph, Operator, Tensor
 
@@ -33,6 +40,8 @@ def _graph(conv_inputs=(0, 3, 4), extra_ops=(), pool_shape=(1, 4, 4, 3), pool=No
                                                              dilation_h=1, dilation_w=1, fused_activation="NONE"))
     return Graph(tensors, [*extra_ops, conv, pool or _pool(1, 2)], [0], [2])
 
+
+OUT_SIZE = 4 * 4 * 3
 
 
 # --- inconsistent graphs -----------------------------------------------------------------------
@@ -79,3 +88,81 @@ def test_dimensions_beyond_the_kernels_uint16_fields_are_refused():
                                                     dilation_w=1, fused_activation="NONE"))], [0], [1])
     with pytest.raises(VeriSparseError, match=r"operator 0 \(CONV_2D\): in_w = 70000 is outside \[0, 65535\]"):
         lower(g)
+
+
+# --- --run: the verdict and its report ---------------------------------------------------------
+
+@pytest.fixture
+def fake_model(tmp_path, monkeypatch):
+    """A .tflite path whose parse is the hand-built graph; set `fake_model.seed` for other weights."""
+    src = tmp_path / "model.tflite"
+    src.write_bytes(b"stands in for a flatbuffer")
+    state = dict(seed=0)
+    monkeypatch.setattr(generate, "read_tflite", lambda path: _graph(seed=state["seed"]))
+    return src, state
+
+
+def _fake_toolchain(monkeypatch, printed_byte: int):
+    """make and QEMU succeed; the firmware prints every output byte as printed_byte, the
+    interpreters compute zeros."""
+    def qemu(fw_dir, *a, **k):
+        n = int(next(l for l in (fw_dir / "vs_vectors.h").read_text().splitlines()
+                     if l.startswith("#define VS_NUM_VECTORS")).split()[-1])
+        return "".join(f"VS-OUT {i} " + f"{printed_byte:02x}" * OUT_SIZE + "\n"
+                       for i in range(n)) + "VS-END\n"
+
+    monkeypatch.setattr(toolchain, "make", lambda *a, **k: "")
+    monkeypatch.setattr(toolchain, "run_qemu", qemu)
+    monkeypatch.setattr(generate, "run_tflm", lambda data, prog, vec: np.zeros((len(vec), OUT_SIZE), np.int8))
+    monkeypatch.setattr(generate, "run_litert", lambda data, prog, vec: np.zeros((len(vec), OUT_SIZE), np.int8))
+    monkeypatch.setattr(generate, "_measure", lambda *a: dict(
+        flash=dict(bytes=1, target_bytes=2), ram=dict(bytes=1, stack_bytes_measured=0, target_bytes=2),
+        instructions=dict(per_inference=1, per_effective_mac=0.1)))
+
+
+def test_firmware_that_differs_from_the_interpreters_exits_1(fake_model, tmp_path, monkeypatch):
+    """A negative verdict, not a usage error: the summary, one FAIL line, exit 1, and
+    firmware.json written with exact false."""
+    _fake_toolchain(monkeypatch, printed_byte=1)
+    fw = tmp_path / "fw"
+    r = CliRunner().invoke(main, ["firmware", str(fake_model[0]), "--out", str(fw), "--run", "--vectors", "2"])
+    assert r.exit_code == 1, r.output
+    assert "exact             0/2 vectors identical to TFLM" in r.output
+    fails = [l for l in r.output.splitlines() if l.startswith("FAIL: ")]
+    assert fails == [f"FAIL: the firmware's outputs differ from the interpreters' (TFLM: 96 bytes, LiteRT: 96); "
+                     f"see {fw}/firmware.json"], r.output
+    assert "error:" not in r.output and "Traceback" not in r.output
+    report = json.loads((fw / "firmware.json").read_text())
+    assert report["exactness"]["exact"] is False and report["exactness"]["tflm"]["differing_bytes"] == 96
+    # the API returns the verdict rather than raising
+    assert generate.generate_firmware(fake_model[0], out=fw, run=True, vectors=2)["exactness"]["exact"] is False
+
+
+def test_firmware_that_matches_exits_0(fake_model, tmp_path, monkeypatch):
+    _fake_toolchain(monkeypatch, printed_byte=0)
+    fw = tmp_path / "fw"
+    r = CliRunner().invoke(main, ["firmware", str(fake_model[0]), "--out", str(fw), "--run", "--vectors", "2"])
+    assert r.exit_code == 0 and "FAIL" not in r.output, r.output
+    assert json.loads((fw / "firmware.json").read_text())["exactness"]["exact"] is True
+
+
+def test_a_failed_run_leaves_no_stale_firmware_json(fake_model, tmp_path, monkeypatch):
+    """An exact run, then another model into the same folder whose build fails: firmware.json
+    must not claim the earlier exactness beside the new sources."""
+    src, state = fake_model
+    fw = tmp_path / "fw"
+    with monkeypatch.context() as m:
+        _fake_toolchain(m, printed_byte=0)
+        assert generate.generate_firmware(src, out=fw, run=True, vectors=2)["exactness"]["exact"] is True
+    old_model_c = (fw / "model.c").read_text()
+
+    def broken(*args, **kw):
+        raise VeriSparseError("building the firmware failed")
+
+    monkeypatch.setattr(toolchain, "make", broken)
+    state["seed"] = 1
+    with pytest.raises(VeriSparseError, match="building the firmware failed"):
+        generate.generate_firmware(src, out=fw, run=True, vectors=2)
+    assert (fw / "model.c").read_text() != old_model_c
+    report = json.loads((fw / "firmware.json").read_text())
+    assert "exactness" not in report and "flash" not in report
