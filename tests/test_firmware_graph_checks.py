@@ -1,8 +1,10 @@
 """`verisparse firmware` on graphs built in Python (no TensorFlow, no training, seconds): an
 inconsistent graph is one VeriSparseError before any C is written, a firmware whose bytes
-differ from the interpreters' is a negative verdict (exit 1) recorded in firmware.json, and a
-failed run leaves no report claiming exactness for other files."""
+differ from the interpreters' is a negative verdict (exit 1) recorded in firmware.json, a
+failed run leaves no report claiming exactness for other files, and a hanging or failing
+toolchain is one VeriSparseError that says what to do."""
 import json
+import subprocess
 
 import numpy as np
 import pytest
@@ -166,3 +168,36 @@ def test_a_failed_run_leaves_no_stale_firmware_json(fake_model, tmp_path, monkey
     assert (fw / "model.c").read_text() != old_model_c
     report = json.loads((fw / "firmware.json").read_text())
     assert "exactness" not in report and "flash" not in report
+
+
+# --- the toolchain -----------------------------------------------------------------------------
+
+def test_a_hanging_build_or_emulator_is_one_clear_message(tmp_path, monkeypatch):
+    def hang(cmd, **kw):
+        raise subprocess.TimeoutExpired(cmd, kw["timeout"])
+
+    monkeypatch.setattr(toolchain, "require", lambda *tools: None)
+    monkeypatch.setattr(toolchain.subprocess, "run", hang)
+    with pytest.raises(VeriSparseError, match=r"building the firmware \(make all\) did not finish within 5 s; "
+                                              "use fewer --vectors"):
+        toolchain.make(tmp_path, "all", timeout=5)
+    with pytest.raises(VeriSparseError, match="the firmware in QEMU did not finish within 7 s; use fewer --vectors"):
+        toolchain.run_qemu(tmp_path, timeout=7)
+    with pytest.raises(VeriSparseError, match="the host build under the sanitizers did not finish within 3 s"):
+        toolchain.run_host(tmp_path, timeout=3)
+    with pytest.raises(VeriSparseError, match="arm-none-eabi-size did not finish within 60 s"):
+        toolchain.section_sizes(tmp_path / "size.elf")
+
+
+def test_a_failing_size_tool_is_one_clear_message(tmp_path, monkeypatch):
+    def failing(cmd, check=False, **kw):
+        err = "arm-none-eabi-size: size.elf: file format not recognized\n"
+        if check:  # what subprocess.run(check=True) does: a CalledProcessError traceback, exit 3
+            raise subprocess.CalledProcessError(1, cmd, "", err)
+        return subprocess.CompletedProcess(cmd, 1, "", err)
+
+    monkeypatch.setattr(toolchain, "require", lambda *tools: None)
+    monkeypatch.setattr(toolchain.subprocess, "run", failing)
+    with pytest.raises(VeriSparseError, match="arm-none-eabi-size could not read .*file format not recognized; "
+                                              "check the toolchain"):
+        toolchain.section_sizes(tmp_path / "size.elf")
