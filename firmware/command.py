@@ -1,6 +1,8 @@
 """`verisparse firmware`: the click command (heavy imports stay inside the function)."""
 from __future__ import annotations
 
+import sys
+
 import click
 
 from .limits import Limits
@@ -33,7 +35,7 @@ def firmware(source, board, out, run, vectors, max_ops, max_tensor_elements, max
     Writes model.c/.h (const weights, sparse where smaller, one static arena), the kernels,
     startup code, linker script and Makefile, and firmware.json with sizes and MACs. With
     --run, also the QEMU proof that the firmware's bytes equal the interpreters', and flash,
-    RAM and instruction counts."""
+    RAM and instruction counts; exits 1 when any output byte differs."""
     from .generate import generate_firmware
 
     r = generate_firmware(source, board, out, run=run, vectors=vectors,
@@ -54,3 +56,9 @@ def firmware(source, board, out, run, vectors, max_ops, max_tensor_elements, max
         click.echo(f"  exact             {e['tflm']['identical_vectors']}/{e['vectors']} vectors identical to TFLM, "
                    f"{e['litert_reference']['identical_vectors']}/{e['vectors']} to LiteRT (reference kernels)")
     click.echo(f"  wrote {r['firmware_dir']}/firmware.json")
+    if run and not r["exactness"]["exact"]:  # a negative verdict (exit 1), recorded in firmware.json
+        e = r["exactness"]
+        click.echo(f"FAIL: the firmware's outputs differ from the interpreters' (TFLM: {e['tflm']['differing_bytes']} "
+                   f"bytes, LiteRT: {e['litert_reference']['differing_bytes']}); see {r['firmware_dir']}/firmware.json",
+                   err=True)
+        sys.exit(1)

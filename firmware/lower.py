@@ -19,8 +19,10 @@ from verisparse.tflite_graph import Graph, Operator, Tensor, check_quantization,
 
 from .sparse import SparseWeights, choose
 
-SUPPORTED = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "AVERAGE_POOL_2D", "MAX_POOL_2D", "ADD", "PAD",
-             "RESHAPE", "QUANTIZE", "DEQUANTIZE")
+# the supported ops and the inputs each must have (a bias, the third input of the weighted ops, may be absent)
+_REQUIRED_INPUTS = {"CONV_2D": 2, "DEPTHWISE_CONV_2D": 2, "FULLY_CONNECTED": 2, "AVERAGE_POOL_2D": 1,
+                    "MAX_POOL_2D": 1, "ADD": 2, "PAD": 2, "RESHAPE": 1, "QUANTIZE": 1, "DEQUANTIZE": 1}
+SUPPORTED = tuple(_REQUIRED_INPUTS)
 ADD_LEFT_SHIFT = 20  # TFLM's headroom for int8 ADD
 # params fields the kernels hold in uint16_t (vs_kernels.h); every other scalar field is int32_t
 # or wider. Dimensions and windows that fit uint16 also keep the kernels' int index arithmetic
@@ -297,7 +299,6 @@ def _check_fields(layer: Layer, where):
                                   "it in; the model is too large or inconsistent")
 
 
-_REQUIRED_INPUTS = {"CONV_2D": 2, "DEPTHWISE_CONV_2D": 2, "FULLY_CONNECTED": 2, "ADD": 2, "PAD": 2}
 _LOWER = {"CONV_2D": _conv, "DEPTHWISE_CONV_2D": _depthwise, "FULLY_CONNECTED": _fully_connected,
           "AVERAGE_POOL_2D": _pool, "MAX_POOL_2D": _pool, "ADD": _add, "PAD": _pad, "RESHAPE": _reshape}
 
@@ -331,7 +332,7 @@ def lower(g: Graph) -> Program:
     layers = []
     for k, op in ops:
         where = f"operator {k} ({op.opcode})"
-        need = _REQUIRED_INPUTS.get(op.opcode, 1)
+        need = _REQUIRED_INPUTS[op.opcode]
         if len(op.inputs) < need or min(op.inputs[:need]) < 0 or len(op.outputs) != 1:
             _fail(k, op, f"{need} inputs and one output expected")
         acts = [op.inputs[0], *op.outputs] + ([op.inputs[1]] if op.opcode == "ADD" else [])
@@ -352,6 +353,9 @@ def lower(g: Graph) -> Program:
             if t not in produced:
                 raise VeriSparseError(f"{l.op} reads tensor {g.tensors[t].name!r}, which no earlier operator "
                                       "writes (constant activations are not supported)")
+        if l.output in produced:  # the memory planner assumes one writer per tensor
+            raise VeriSparseError(f"{l.op} writes tensor {g.tensors[l.output].name!r}, which the model's input "
+                                  "or an earlier operator already holds; the model is inconsistent")
         produced.add(l.output)
     if out.index not in produced:
         raise VeriSparseError("no operator writes the model's output")

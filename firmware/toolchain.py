@@ -20,10 +20,20 @@ def require(*tools):
         raise VeriSparseError(f"{', '.join(missing)} not found; {INSTALL_HINT}")
 
 
+def _run(cmd: list[str], what: str, timeout: float) -> subprocess.CompletedProcess:
+    """cmd's completed process (its exit status is the caller's to judge); a hang becomes one
+    VeriSparseError that says what to do, not a TimeoutExpired traceback."""
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise VeriSparseError(f"{what} did not finish within {timeout} s; use fewer --vectors or a smaller "
+                              "model, or check the toolchain with `make toolchain`") from None
+
+
 def make(fw_dir: Path, *targets, timeout=600) -> str:
     require("make", "arm-none-eabi-gcc")
-    r = subprocess.run(["make", "-s", "-C", str(fw_dir), *targets], capture_output=True, text=True,
-                       timeout=timeout)
+    r = _run(["make", "-s", "-C", str(fw_dir), *targets], f"building the firmware (make {' '.join(targets)})",
+             timeout)
     if r.returncode:
         raise VeriSparseError(f"building the firmware failed (make {' '.join(targets)} in {fw_dir}):\n"
                               f"{(r.stdout + r.stderr)[-3000:]}")
@@ -34,11 +44,7 @@ def run_qemu(fw_dir: Path, timeout=300) -> str:
     """`make run` in QEMU; the harness ends with VS-END (QEMU's exit status is not reliable
     for semihosting exits on 32-bit Arm, so the marker is what counts)."""
     require("qemu-system-arm")
-    try:
-        r = subprocess.run(["make", "-s", "-C", str(fw_dir), "run"], capture_output=True, text=True,
-                           timeout=timeout)
-    except subprocess.TimeoutExpired:
-        raise VeriSparseError(f"the firmware did not finish in QEMU within {timeout} s") from None
+    r = _run(["make", "-s", "-C", str(fw_dir), "run"], "the firmware in QEMU", timeout)
     if "VS-END" not in r.stdout:
         raise VeriSparseError(f"the firmware did not run to the end in QEMU:\n{(r.stdout + r.stderr)[-3000:]}")
     return r.stdout
@@ -71,7 +77,10 @@ def parse_measurements(text: str) -> dict:
 def section_sizes(elf: Path) -> dict:
     """Bytes per section from arm-none-eabi-size -A."""
     require("arm-none-eabi-size")
-    r = subprocess.run(["arm-none-eabi-size", "-A", str(elf)], capture_output=True, text=True, check=True)
+    r = _run(["arm-none-eabi-size", "-A", str(elf)], "arm-none-eabi-size", 60)
+    if r.returncode:
+        raise VeriSparseError(f"arm-none-eabi-size could not read {elf}: {r.stderr.strip()[-500:]}; "
+                              "check the toolchain with `make toolchain`")
     sizes = {}
     for line in r.stdout.splitlines():
         parts = line.split()
@@ -83,7 +92,7 @@ def section_sizes(elf: Path) -> dict:
 def run_host(fw_dir: Path, timeout=300) -> str:
     """`make host`: the model and kernels built for this machine under ASan and UBSan."""
     require("make", "gcc")
-    r = subprocess.run(["make", "-s", "-C", str(fw_dir), "host"], capture_output=True, text=True, timeout=timeout)
+    r = _run(["make", "-s", "-C", str(fw_dir), "host"], "the host build under the sanitizers", timeout)
     if r.returncode or "VS-END" not in r.stdout:
         raise VeriSparseError(f"the host build failed or a sanitizer fired:\n{(r.stdout + r.stderr)[-3000:]}")
     return r.stdout
