@@ -44,7 +44,7 @@ def summarize(results, min_vra):
             ladder[stage] = acc / n
     vra = counts["verified"] / n if n else 0.0
     return dict(n=n, verified=counts["verified"], falsified=counts["falsified"], unknown=counts["unknown"],
-                clean_correct=sum(1 for r in results if r.decided_by != "clean"),
+                clean_correct=sum(1 for r in results if r.decided_by not in ("clean", "time-budget")),
                 verified_accuracy=vra, attack_robust_accuracy=(n - counts["falsified"]) / n if n else 0.0,
                 exact=counts["unknown"] == 0, ladder=ladder, min_vra=min_vra, passed=vra >= min_vra,
                 seconds=round(sum(r.seconds for r in results), 3))
@@ -103,7 +103,7 @@ def read(path):
 
 METHODS = ("ibp", "crown", "milp", "auto")
 STATUSES = ("verified", "falsified", "unknown")
-STAGES = ("clean", "ibp", "crown", "milp", "int8-ibp", "int8-crown", "pgd")
+STAGES = ("clean", "ibp", "crown", "milp", "int8-ibp", "int8-crown", "pgd", "time-budget")
 MAX_TIME_LIMIT_S = 3600.0  # per sample; a larger claim is a forged or broken certificate
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
@@ -283,6 +283,11 @@ def write_junit(path, cert):
     atomic_write(path, lambda f: tree.write(f, encoding="utf-8", xml_declaration=True))
 
 
+def _budget_note(cert):
+    left = sum(r["decided_by"] == "time-budget" for r in cert["samples"])
+    return f"  ({left} not tried: --time-budget ran out)" if left else ""
+
+
 def table(cert):
     s, d = cert["summary"], cert["dataset"]
     n = s["n"]
@@ -294,7 +299,7 @@ def table(cert):
     for stage, acc in s["ladder"].items():
         lines.append(f"  {'verified by ' + stage:<26}{round(acc * n):>7}  {pct(round(acc * n))}")
     lines += [f"  {'verified':<26}{s['verified']:>7}  {pct(s['verified'])}",
-              f"  {'unknown':<26}{s['unknown']:>7}",
+              f"  {'unknown':<26}{s['unknown']:>7}{_budget_note(cert)}",
               f"  {'falsified (confirmed)':<26}{s['falsified']:>7}",
               f"  {'attack-robust (upper)':<26}{n - s['falsified']:>7}  {pct(n - s['falsified'])}"]
     exact = f"exact {s['verified_accuracy']:.2%}" if s["exact"] else "exact unknown"

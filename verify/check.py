@@ -80,9 +80,11 @@ def _recheck(cert_path, cert, path, dataset, data_root, trust_paths, limits):
     problems += _stage_problems(cert, art.kind)
     if problems:
         return problems
-    results = art.verify(x, y, cert["eps"], method, time_limit=2 * cert["time_limit_s"])
-    lost = [r.index for r in results if claims[r.index]["status"] == "verified" and
-            (r.status != "verified" or _ORDER[r.decided_by] > _ORDER[claims[r.index]["decided_by"]])]
+    # only proofs need re-verifying; falsified claims are settled by replaying their counterexamples
+    todo = sorted(i for i, r in claims.items() if r["status"] == "verified")
+    results = art.verify(x[todo], y[todo], cert["eps"], method, time_limit=2 * cert["time_limit_s"]) if todo else []
+    lost = [i for i, r in zip(todo, results)
+            if r.status != "verified" or _ORDER[r.decided_by] > _ORDER[claims[i]["decided_by"]]]
     if lost:
         problems.append(f"{len(lost)} samples certified as verified do not re-verify at the stage the certificate "
                         f"names (first: {lost[:5]})")

@@ -14,7 +14,7 @@ import click
 
 from verisparse.verify.limits import CHECK_TIME_LIMIT_S as DEFAULT_CHECK_TIME_LIMIT_S
 from verisparse.verify.limits import DEFAULTS as DEFAULT_LIMITS
-from verisparse.verify.limits import Limits
+from verisparse.verify.limits import TIME_BUDGET_S, Limits
 
 METHODS = ["ibp", "crown", "milp", "auto"]
 
@@ -76,8 +76,8 @@ Examples:
               callback=_positive, help="Refuse datasets and models with more classes.")
 @click.option("--max-work", type=float, default=DEFAULT_LIMITS.max_work, show_default=True, callback=_positive,
               help="Refuse runs whose samples x activation elements per sample exceed this.")
-@click.option("--time-budget", type=float, default=None, callback=_positive,
-              help="Seconds for the whole verification; samples left then are reported unknown.")
+@click.option("--time-budget", type=float, default=TIME_BUDGET_S, show_default=True, callback=_positive,
+              help="Seconds for the whole verification; the samples not done by then are reported unknown.")
 def verify(artifact, eps, dataset, data_root, split, n, method, time_limit, min_vra, report, junit, export_vnnlib,
            check, check_time_limit, allow_empty, trust_artifact_paths, max_elements, max_classes, max_work,
            time_budget):

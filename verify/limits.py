@@ -10,6 +10,9 @@ from dataclasses import dataclass
 from verisparse.errors import VeriSparseError
 
 CHECK_TIME_LIMIT_S = 900.0  # --check-time-limit
+# --time-budget: an hour covers MILP on the open samples of a 1,000-sample default run; full
+# CROWN refinement at a huge eps (every neuron unstable) would otherwise run for hours
+TIME_BUDGET_S = 3600.0
 # one batch's largest bound tensor (samples x specs x activation elements), about 4-8 bytes each
 BATCH_ELEMENTS = 100_000_000
 MAX_BATCH = 200
@@ -27,9 +30,9 @@ DEFAULTS = Limits()
 
 def check_model(elements, num_classes, where, limits: Limits):
     if elements > limits.max_elements:
-        raise VeriSparseError(f"{where}: one sample needs {elements:,} activation elements over its layers, more "
-                              f"than --max-elements {limits.max_elements:,}; raise it if the model is meant "
-                              "to be that large")
+        raise VeriSparseError(f"{where} is too large: one sample needs {elements:,} activation elements over its "
+                              f"layers, more than --max-elements {limits.max_elements:,}; raise it if the model is "
+                              "meant to be that large")
     if num_classes > limits.max_classes:
         raise VeriSparseError(f"{where} outputs {num_classes:,} classes, more than --max-classes "
                               f"{limits.max_classes:,}; raise it if that is meant")

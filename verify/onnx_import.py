@@ -168,8 +168,8 @@ class _Importer:
         """Add one activation's elements, refusing the graph as soon as the sum is over the limit."""
         self.sizes.append(int(np.prod(shape, dtype=np.float64)))
         if sum(self.sizes) > self.limits.max_elements:
-            raise VeriSparseError(f"{where}: the activations up to here need {sum(self.sizes):,} elements per "
-                                  f"sample (this one has shape {tuple(shape)}), more than --max-elements "
+            raise VeriSparseError(f"{where}: too large; the activations up to here need {sum(self.sizes):,} "
+                                  f"elements per sample (this one has shape {tuple(shape)}), more than --max-elements "
                                   f"{self.limits.max_elements:,}; raise it if the model is meant to be that large")
 
     # --- helpers ------------------------------------------------------------------------
