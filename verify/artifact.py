@@ -102,6 +102,7 @@ def _tflite(p, digest, limits):
 
     from .int8_verify import load_tflite_artifact, verify_int8
     g = read_tflite(p)
+    _check_quantization(g, p.name)
     sizes = [math.prod(t.shape) for t in g.tensors if t.data is None]
     out = g.tensors[g.outputs[0]].shape if len(g.outputs) == 1 else ()
     check_model(sum(sizes), math.prod(out), p.name, limits)
@@ -113,6 +114,20 @@ def _tflite(p, digest, limits):
     art.verify = _budgeted(verify_batches, sum(sizes), max(sizes, default=1), art.num_classes)
     art.elements = sum(sizes)
     return art
+
+
+def _check_quantization(g, where):
+    """Every int8 tensor carries its scales and in-range zero points, which the integer
+    verifier reads without asking (tflite_graph has already refused bad scale values)."""
+    for t in g.tensors:
+        if t.dtype != np.int8:
+            continue
+        if len(t.scale) == 0:
+            raise VeriSparseError(f"{where}: int8 tensor {t.index} ({t.name[:60]}) has no quantization scale; "
+                                  "export a full-integer model")
+        if ((t.zero_point < -128) | (t.zero_point > 127)).any():
+            raise VeriSparseError(f"{where}: int8 tensor {t.index} ({t.name[:60]}) has a zero point outside "
+                                  "[-128, 127]")
 
 
 def _onnx(p, digest, limits):
