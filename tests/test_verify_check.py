@@ -212,3 +212,16 @@ def test_file_dataset_named_by_a_certificate_is_not_opened(certified, tmp_path):
     forged["dataset"]["name"] = f"csv:{secret}"
     r = _check(run, forged)
     _one_line_error(r, "--trust-artifact-paths")
+
+
+def test_file_dataset_in_a_checkpoint_config_is_not_opened(certified, tmp_path):
+    import torch
+    run, _ = certified
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    state["config"]["dataset"] = f"npz:{tmp_path / 'secret.npz'}"
+    (tmp_path / "r").mkdir()
+    torch.save(state, tmp_path / "r" / "checkpoint.pt")
+    r = _cli("verify", tmp_path / "r" / "checkpoint.pt", "--eps", 0.05, "--dataset", "digits")
+    _one_line_error(r, "--trust-artifact-paths")
+    r = _cli("verify", tmp_path / "r" / "checkpoint.pt", "--eps", 0.05, "--trust-artifact-paths")
+    _one_line_error(r, "secret.npz")  # opened only now, and it is not there

@@ -147,3 +147,9 @@ def test_external_tensors_are_found_anywhere(tmp_path):
     m = onnx.load(str(p), load_external_data=False)
     with pytest.raises(VeriSparseError, match="external data"):
         load_onnx_proto(m.SerializeToString())
+
+
+@pytest.mark.parametrize("seed", ["-3", "1e400", "x"])
+def test_a_hostile_recorded_seed_exits_2(tmp_path, seed):
+    p = _digits_linear(tmp_path / "m.onnx", meta=dict(dataset="digits", eps="0.05", seed=seed))
+    _one_line_error(_cli(p, "--n", 5, "--method", "ibp"), "seed")

@@ -63,7 +63,7 @@ def _recheck(cert_path, cert, path, dataset, data_root, trust_paths, limits):
     from .artifact import load_artifact
     from .bounds import input_box
     from .samples import dataset_name, load_split
-    art = load_artifact(path, limits, trust_paths=trust_paths)
+    art = load_artifact(path, limits, trust_paths=trust_paths, user_dataset=dataset)
     if art.kind != cert["artifact"]["kind"]:
         return [f"the certificate is for a {cert['artifact']['kind']} artifact, {path.name} is {art.kind}"]
     method = cert.get("method_resolved", cert["method"])

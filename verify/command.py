@@ -96,7 +96,7 @@ def verify(artifact, eps, dataset, data_root, split, n, method, time_limit, min_
     from verisparse.verify import certificate
     from verisparse.verify.artifact import load_artifact
     from verisparse.verify.samples import dataset_name, load_split
-    art = load_artifact(artifact, limits, trust_paths=trust_artifact_paths)
+    art = load_artifact(artifact, limits, trust_paths=trust_artifact_paths, user_dataset=dataset)
     defaults = _run_defaults(art)
     eps = eps if eps is not None else _default_eps(art, defaults)
     name = dataset_name(dataset, defaults.get("dataset"), f"{art.path}", trust_artifact_paths)

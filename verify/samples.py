@@ -32,10 +32,13 @@ def load_split(art, name, seed, data_root, split, n, limits=DEFAULTS):
     """(dataset info for the certificate, x, y): the first n samples of the split."""
     from verisparse.trainer.datasets import load_dataset, split_hash
     try:
-        seed = int(seed)
-    except (TypeError, ValueError):
-        raise VeriSparseError(f"the recorded seed {str(seed)[:40]!r} is not an integer; pass --dataset and "
-                              "check the run's settings") from None
+        ok = 0 <= int(seed) < 2 ** 63
+    except (TypeError, ValueError, OverflowError):
+        ok = False
+    if not ok:
+        raise VeriSparseError(f"the recorded seed {str(seed)[:40]!r} is not a non-negative integer; check the "
+                              "run's settings")
+    seed = int(seed)
     ds = load_dataset(name, seed=seed, data_root=data_root, max_classes=limits.max_classes)
     x, y = (ds.x_test, ds.y_test) if split == "test" else (ds.x_train, ds.y_train)
     if tuple(x.shape[1:]) != tuple(art.in_shape):
