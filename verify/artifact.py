@@ -56,6 +56,11 @@ def load_artifact(path, limits=DEFAULTS, trust_paths=False, user_dataset=None) -
     return _tflite(p, digest, limits)
 
 
+# under a time budget, samples go in chunks this large: the chunk in flight when the budget
+# runs out is lost, so it stays small (bounds batch well from a few dozen samples on)
+_BUDGET_CHUNK = 50
+
+
 def _budgeted(verify_batches, elements, widest, num_classes):
     """verify(x, y, eps, method, time_limit, time_budget): in batches sized to the model; with a
     time budget, the samples left when it runs out end unknown, decided by "time-budget"."""
@@ -66,14 +71,14 @@ def _budgeted(verify_batches, elements, widest, num_classes):
             return verify_batches(x, y, eps, method, time_limit, range(len(y)), size)
         from .float_verify import SampleResult
         start, results = time.perf_counter(), []
-        for s in range(0, len(y), size):
+        for s in range(0, len(y), min(size, _BUDGET_CHUNK)):
             left = time_budget - (time.perf_counter() - start)
-            idx = range(s, min(s + size, len(y)))
+            e = min(s + min(size, _BUDGET_CHUNK), len(y))
             try:
                 if left <= 0:
                     raise _OutOfTime()
                 with deadline(left, _OutOfTime()):
-                    results += verify_batches(x[idx], y[idx], eps, method, time_limit, idx, size)
+                    results += verify_batches(x[s:e], y[s:e], eps, method, time_limit, range(s, e), size)
             except _OutOfTime:
                 results += [SampleResult(i, int(y[i]), "unknown", "time-budget", -math.inf, None, 0.0)
                             for i in range(s, len(y))]
