@@ -150,7 +150,7 @@ def validate(cert, where, allow_empty=False):
     d = mapping(cert["dataset"], "dataset")
     text(d.get("name"), "dataset.name")
     text(d.get("split"), "dataset.split", ("test", "train"))
-    integer(d.get("seed", 0), "dataset.seed", 0, 2 ** 32 - 1)
+    integer(d.get("seed", 0), "dataset.seed", 0, 2 ** 63 - 1)
     size = integer(d.get("split_size"), "dataset.split_size", 0)
     n = integer(d.get("n"), "dataset.n", 0, size)
     if n == 0 and not allow_empty:

@@ -231,7 +231,8 @@ def _tensor(buf, t: _Table, index, buffers) -> Tensor:
     if q is not None:
         s, z = q.vector(2, np.float32), q.vector(3, np.int64)
         if s is not None and len(s):
-            scale = s.astype(np.float64)
+            with np.errstate(invalid="ignore"):  # a signalling NaN is refused just below, not warned about
+                scale = s.astype(np.float64)
             zp = np.zeros(len(s), np.int64) if z is None or not len(z) else z.astype(np.int64)
             if len(zp) != len(scale):
                 raise _Corrupt(f"tensor {index} ({name}) has {len(scale)} scales but {len(zp)} zero points")
