@@ -225,3 +225,11 @@ def test_file_dataset_in_a_checkpoint_config_is_not_opened(certified, tmp_path):
     _one_line_error(r, "--trust-artifact-paths")
     r = _cli("verify", tmp_path / "r" / "checkpoint.pt", "--eps", 0.05, "--trust-artifact-paths")
     _one_line_error(r, "secret.npz")  # opened only now, and it is not there
+
+
+def test_claimed_stage_must_belong_to_the_method(certified):
+    run, cert = certified
+    forged = copy.deepcopy(cert)
+    forged.update(method="ibp", method_resolved="ibp")
+    r = _check(run, forged)
+    assert r.exit_code == 1 and "does not run" in r.output, r.output
