@@ -18,6 +18,10 @@ import torch
 
 from verisparse.errors import VeriSparseError
 
+# More classes than this in a user's file is taken for a broken or hostile label column
+# (a label of 10**9 would otherwise build 10**9 class names); --max-classes raises it.
+MAX_CLASSES = 10_000
+
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 SVHN_MEAN, SVHN_STD = (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)
 
@@ -253,7 +257,7 @@ def _torchvision_download(name, root):
 
 # --- user data ---------------------------------------------------------------------------
 
-def _npz(path, seed):
+def _npz(path, seed, max_classes):
     p = Path(path)
     try:
         with np.load(p, allow_pickle=False) as z:
@@ -263,20 +267,16 @@ def _npz(path, seed):
         raise VeriSparseError(f"npz dataset {p} not found") from None
     except Exception as e:
         raise VeriSparseError(f"cannot read npz dataset {p}: {e}") from None
-    classes = None
-    if "classes" in arrays:
-        if arrays["classes"].ndim != 1 or arrays["classes"].size == 0:
-            raise VeriSparseError(f"{p}: classes must be a non-empty 1-D array of names")
-        classes = [str(c) for c in arrays.pop("classes")]
+    classes = _given_classes(arrays.pop("classes"), p, max_classes) if "classes" in arrays else None
     if {"x_train", "y_train", "x_test", "y_test"} <= keys:
         y_tr, y_te = _labels(arrays["y_train"], p), _labels(arrays["y_test"], p)
-        classes = classes or _class_names(np.concatenate([y_tr, y_te]))
+        classes = classes or _class_names(np.concatenate([y_tr, y_te]), p, max_classes)
         return _from_arrays(f"npz:{p}", _features(arrays["x_train"], p), y_tr, _features(arrays["x_test"], p),
                             y_te, classes, None, dict(kind="given", source=str(p)))
     if {"x", "y"} <= keys:
         y = _labels(arrays["y"], p)
-        return _make(f"npz:{p}", _features(arrays["x"], p), y, classes or _class_names(y), 0.2, seed,
-                     source=str(p))
+        return _make(f"npz:{p}", _features(arrays["x"], p), y, classes or _class_names(y, p, max_classes), 0.2,
+                     seed, source=str(p))
     raise VeriSparseError(f"npz dataset {p} needs arrays x_train, y_train, x_test, y_test (or x, y); "
                           f"it has {sorted(keys)}")
 
@@ -297,11 +297,24 @@ def _labels(y, p):
     return y.astype(np.int64)
 
 
-def _class_names(y):
-    return [str(i) for i in range(int(np.max(y)) + 1)]
+def _class_names(y, p, max_classes):
+    """Classes 0..max label; checked against max_classes before any name is built."""
+    top = int(np.max(y)) if len(y) else -1
+    if top >= max_classes:
+        raise VeriSparseError(f"{p}: the largest label is {top}, so {top + 1} classes; more than the limit of "
+                              f"{max_classes} (pass --max-classes to raise it if that is really meant)")
+    return [str(i) for i in range(top + 1)]
 
 
-def _csv(path, seed):
+def _given_classes(names, p, max_classes):
+    names = np.asarray(names)
+    if names.ndim != 1 or not 0 < len(names) <= max_classes:
+        raise VeriSparseError(f"{p}: 'classes' must be a 1-D array of 1 to {max_classes} names; it has shape "
+                              f"{names.shape} (pass --max-classes to raise the limit)")
+    return [str(c) for c in names]
+
+
+def _csv(path, seed, max_classes):
     """Rows of features in [0, 1] followed by an integer label; an optional header row."""
     p = Path(path)
     try:
@@ -320,7 +333,8 @@ def _csv(path, seed):
     if data.ndim != 2 or data.shape[1] < 2:
         raise VeriSparseError(f"{p}: needs at least one feature column and a label column")
     y = _labels(data[:, -1], p)
-    return _make(f"csv:{p}", data[:, :-1].astype(np.float32), y, _class_names(y), 0.2, seed, source=str(p))
+    return _make(f"csv:{p}", data[:, :-1].astype(np.float32), y, _class_names(y, p, max_classes), 0.2, seed,
+                 source=str(p))
 
 
 def _is_numeric_row(line):
@@ -343,12 +357,13 @@ LOADERS = {
 }
 
 
-def load_dataset(name: str, seed: int = 0, data_root=None, download: bool = False) -> Dataset:
-    """name: one of LOADERS, or npz:PATH / csv:PATH."""
+def load_dataset(name: str, seed: int = 0, data_root=None, download: bool = False,
+                 max_classes: int = MAX_CLASSES) -> Dataset:
+    """name: one of LOADERS, or npz:PATH / csv:PATH (at most max_classes classes)."""
     if name.startswith("npz:"):
-        return _npz(name[4:], seed)
+        return _npz(name[4:], seed, max_classes)
     if name.startswith("csv:"):
-        return _csv(name[4:], seed)
+        return _csv(name[4:], seed, max_classes)
     if name not in LOADERS:
         raise VeriSparseError(f"unknown dataset {name!r}; choose one of {', '.join(LOADERS)}, npz:PATH or csv:PATH")
     return LOADERS[name](seed, data_root=data_root, download=download)

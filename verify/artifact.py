@@ -7,6 +7,8 @@ that confirms counterexamples, and verify(x, y, eps, method) -> [SampleResult].
 from __future__ import annotations
 
 import json
+import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -15,6 +17,9 @@ import numpy as np
 
 from verisparse.errors import VeriSparseError
 from verisparse.files import sha256_file
+
+from .deadline import deadline
+from .limits import DEFAULTS, batch_size, check_model
 
 KINDS = {".onnx": "onnx", ".tflite": "tflite", ".pt": "checkpoint"}
 
@@ -27,13 +32,16 @@ class Artifact:
     in_shape: tuple
     num_classes: int
     metadata: dict                         # eps, dataset, ... as the producer recorded them
-    verify: Callable                       # (x, y, eps, method, time_limit) -> [SampleResult]
+    verify: Callable                       # (x, y, eps, method, time_limit, time_budget) -> [SampleResult]
     methods: tuple                         # the --method values this artifact supports
     run: Callable                          # float32 (B, *in_shape) -> logits, the artifact's runtime
     extra: dict = field(default_factory=dict)
+    elements: int = 0                      # activation elements of one sample, summed over the layers
 
 
-def load_artifact(path) -> Artifact:
+def load_artifact(path, limits=DEFAULTS, trust_paths=False, user_dataset=None) -> Artifact:
+    """The artifact at path, its size checked against limits before anything is allocated for it.
+    trust_paths / user_dataset: whether a checkpoint's config may name a file dataset."""
     p = Path(path)
     if not p.is_file():
         raise VeriSparseError(f"artifact {p} not found; pass model.onnx, model_int8.tflite or checkpoint.pt")
@@ -42,28 +50,97 @@ def load_artifact(path) -> Artifact:
         raise VeriSparseError(f"cannot tell what {p.name} is from its suffix; expected .onnx, .tflite or .pt")
     digest = sha256_file(p)
     if kind == "onnx":
-        return _onnx(p, digest)
+        return _onnx(p, digest, limits)
     if kind == "checkpoint":
-        return _checkpoint(p, digest)
-    from .int8_verify import load_tflite_artifact
-    return load_tflite_artifact(p, digest)
+        return _checkpoint(p, digest, limits, trust_paths, user_dataset)
+    return _tflite(p, digest, limits)
 
 
-def _float_artifact(p, kind, digest, net, in_shape, num_classes, meta, runtime):
+# under a time budget, samples go in chunks this large: the chunk in flight when the budget
+# runs out is lost, so it stays small (bounds batch well from a few dozen samples on)
+_BUDGET_CHUNK = 50
+
+
+def _budgeted(verify_batches, elements, widest, num_classes):
+    """verify(x, y, eps, method, time_limit, time_budget): in batches sized to the model; with a
+    time budget, the samples left when it runs out end unknown, decided by "time-budget"."""
+    size = batch_size(elements, widest, num_classes)
+
+    def verify(x, y, eps, method, time_limit=10.0, time_budget=None):
+        if time_budget is None:
+            return verify_batches(x, y, eps, method, time_limit, range(len(y)), size)
+        from .float_verify import SampleResult
+        start, results = time.perf_counter(), []
+        for s in range(0, len(y), min(size, _BUDGET_CHUNK)):
+            left = time_budget - (time.perf_counter() - start)
+            e = min(s + min(size, _BUDGET_CHUNK), len(y))
+            try:
+                if left <= 0:
+                    raise _OutOfTime()
+                with deadline(left, _OutOfTime()):
+                    results += verify_batches(x[s:e], y[s:e], eps, method, time_limit, range(s, e), size)
+            except _OutOfTime:
+                results += [SampleResult(i, int(y[i]), "unknown", "time-budget", -math.inf, None, 0.0)
+                            for i in range(s, len(y))]
+                break
+        return results
+    return verify
+
+
+class _OutOfTime(Exception):
+    pass
+
+
+def _float_artifact(p, kind, digest, net, in_shape, num_classes, meta, runtime, elements, widest):
     from .float_verify import METHODS, verify_float
 
-    def verify(x, y, eps, method, time_limit=10.0, indices=None):
-        return verify_float(net, runtime, x, y, eps, method, indices=indices, time_limit=time_limit)
-    return Artifact(p, kind, digest, tuple(in_shape), num_classes, meta, verify, METHODS, runtime,
-                    extra=dict(net=net))
+    def verify_batches(x, y, eps, method, time_limit, indices, size):
+        return verify_float(net, runtime, x, y, eps, method, indices=indices, time_limit=time_limit,
+                            batch_size=size)
+    return Artifact(p, kind, digest, tuple(in_shape), num_classes, meta,
+                    _budgeted(verify_batches, elements, widest, num_classes), METHODS, runtime,
+                    extra=dict(net=net), elements=elements)
 
 
-def _onnx(p, digest):
+def _tflite(p, digest, limits):
+    from verisparse.tflite_graph import read_tflite
+
+    from .int8_verify import load_tflite_artifact, verify_int8
+    g = read_tflite(p)
+    _check_quantization(g, p.name)
+    sizes = [math.prod(t.shape) for t in g.tensors if t.data is None]
+    out = g.tensors[g.outputs[0]].shape if len(g.outputs) == 1 else ()
+    check_model(sum(sizes), math.prod(out), p.name, limits)
+    art = load_tflite_artifact(p, digest)
+    model = art.extra["model"]
+
+    def verify_batches(x, y, eps, method, time_limit, indices, size):
+        return verify_int8(model, art.run, x, y, eps, method, indices, batch_size=size)
+    art.verify = _budgeted(verify_batches, sum(sizes), max(sizes, default=1), art.num_classes)
+    art.elements = sum(sizes)
+    return art
+
+
+def _check_quantization(g, where):
+    """Every int8 tensor carries its scales and in-range zero points, which the integer
+    verifier reads without asking (tflite_graph has already refused bad scale values)."""
+    for t in g.tensors:
+        if t.dtype != np.int8:
+            continue
+        if len(t.scale) == 0:
+            raise VeriSparseError(f"{where}: int8 tensor {t.index} ({t.name[:60]}) has no quantization scale; "
+                                  "export a full-integer model")
+        if ((t.zero_point < -128) | (t.zero_point > 127)).any():
+            raise VeriSparseError(f"{where}: int8 tensor {t.index} ({t.name[:60]}) has a zero point outside "
+                                  "[-128, 127]")
+
+
+def _onnx(p, digest, limits):
     import onnxruntime as ort
 
     from .onnx_import import import_onnx, load_onnx_proto
     proto = load_onnx_proto(p)
-    imp = import_onnx(proto)
+    imp = import_onnx(proto, limits)
     try:
         sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
     except Exception as e:  # ORT rejects graphs the importer's checks let through
@@ -73,25 +150,47 @@ def _onnx(p, digest):
     def runtime(x):
         return sess.run([out_name], {imp.input_name: np.ascontiguousarray(x, np.float32)})[0]
     meta = {k: _json_or_str(v) for k, v in imp.metadata.items()}
-    return _float_artifact(p, "onnx", digest, imp.net, imp.in_shape, imp.num_classes, meta, runtime)
+    return _float_artifact(p, "onnx", digest, imp.net, imp.in_shape, imp.num_classes, meta, runtime,
+                           imp.elements, imp.widest)
 
 
-def _checkpoint(p, digest):
+def _checkpoint(p, digest, limits, trust_paths, user_dataset):
     import torch
 
+    from verisparse.trainer.checkpoint import load_checkpoint
     from verisparse.trainer.train import load_run
 
     from .from_torch import bounded_net
+    from .samples import dataset_name
     if p.name != "checkpoint.pt":  # load_run reads RUN/checkpoint.pt: it must be this very file
         raise VeriSparseError(f"{p} is not a run directory's checkpoint.pt; pass RUN_DIR/checkpoint.pt")
+    cfg = load_checkpoint(p).get("config")
+    recorded = cfg.get("dataset") if isinstance(cfg, dict) else None
+    if recorded:  # load_run opens the dataset the checkpoint names
+        dataset_name(user_dataset if user_dataset == recorded else None, recorded, f"{p}'s training config",
+                     trust_paths)
     model, cfg, ds = load_run(p.parent)
     net = bounded_net(model, ds.input_shape)
+    sizes = _activation_sizes(net, ds.input_shape)
+    check_model(sum(sizes), ds.num_classes, p.name, limits)
 
     def runtime(x):
         with torch.no_grad():
             return model(torch.as_tensor(x, dtype=torch.float32)).numpy()
     meta = dict(eps=cfg.eps, dataset=cfg.dataset, arch=cfg.arch, seed=cfg.seed)
-    return _float_artifact(p, "checkpoint", digest, net, ds.input_shape, ds.num_classes, meta, runtime)
+    return _float_artifact(p, "checkpoint", digest, net, ds.input_shape, ds.num_classes, meta, runtime,
+                           sum(sizes), max(sizes))
+
+
+def _activation_sizes(net, in_shape):
+    """Elements of each op's output for one sample (a forward pass of one zero input)."""
+    import torch
+    x, sizes = torch.zeros(1, *in_shape), [math.prod(in_shape)]
+    with torch.no_grad():
+        for op in net.ops:
+            x = op.forward(x)
+            sizes.append(x.numel())
+    return sizes
 
 
 def _json_or_str(v):

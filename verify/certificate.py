@@ -6,8 +6,12 @@ not JSON material) so `--check` can replay them on the artifact's runtime.
 """
 from __future__ import annotations
 
+import math
+import os
 import platform
+import re
 import time
+import zipfile
 import xml.etree.ElementTree as ET
 from collections import Counter
 from importlib.metadata import PackageNotFoundError, version
@@ -40,7 +44,7 @@ def summarize(results, min_vra):
             ladder[stage] = acc / n
     vra = counts["verified"] / n if n else 0.0
     return dict(n=n, verified=counts["verified"], falsified=counts["falsified"], unknown=counts["unknown"],
-                clean_correct=sum(1 for r in results if r.decided_by != "clean"),
+                clean_correct=sum(1 for r in results if r.decided_by not in ("clean", "time-budget")),
                 verified_accuracy=vra, attack_robust_accuracy=(n - counts["falsified"]) / n if n else 0.0,
                 exact=counts["unknown"] == 0, ladder=ladder, min_vra=min_vra, passed=vra >= min_vra,
                 seconds=round(sum(r.seconds for r in results), 3))
@@ -64,6 +68,12 @@ def counterexample_path(report_path):
 
 
 def write(report_path, cert, results):
+    """The artifact's path is stored relative to the certificate's folder when the artifact
+    lies under it, so the pair can move together; `--check` resolves it from there."""
+    art_path = Path(cert["artifact"]["path"]).absolute()
+    folder = Path(report_path).absolute().parent
+    if art_path.is_relative_to(folder):
+        cert = dict(cert, artifact=dict(cert["artifact"], path=os.path.relpath(art_path, folder)))
     cex = [(r.index, r.counterexample) for r in results if r.counterexample is not None]
     if cex:
         path = counterexample_path(report_path)
@@ -79,24 +89,169 @@ def read(path):
         cert = read_json(path)
     except FileNotFoundError:
         raise VeriSparseError(f"certificate {path} not found") from None
-    except (ValueError, UnicodeDecodeError) as e:
-        raise VeriSparseError(f"{path} is not a JSON certificate ({e})") from None
+    except IsADirectoryError:
+        raise VeriSparseError(f"certificate {path} is a directory; pass the certificate's .json file") from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        raise VeriSparseError(f"{path} is not a JSON certificate ({str(e)[:200]})") from None
     need = ("artifact", "dataset", "eps", "method", "samples", "summary")
     if not isinstance(cert, dict) or cert.get("format") != FORMAT or any(k not in cert for k in need):
         raise VeriSparseError(f"{path} is not a {FORMAT} certificate")
     return cert
 
 
-def read_counterexamples(cert_path, cert):
+# --- validating a certificate a user brings: every field it relies on, before any work --
+
+METHODS = ("ibp", "crown", "milp", "auto")
+STATUSES = ("verified", "falsified", "unknown")
+STAGES = ("clean", "ibp", "crown", "milp", "int8-ibp", "int8-crown", "pgd", "time-budget")
+MAX_TIME_LIMIT_S = 3600.0  # per sample; a larger claim is a forged or broken certificate
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def validate(cert, where, allow_empty=False):
+    """Raise VeriSparseError naming the first malformed field. Checks types and ranges only;
+    whether the claims hold is for the re-check."""
+    def bad(field, what):
+        raise VeriSparseError(f"{where}: {field} {what}; the certificate is malformed (re-create it with "
+                              "`verisparse verify`)")
+
+    def mapping(v, field):
+        if not isinstance(v, dict):
+            bad(field, "must be an object")
+        return v
+
+    def integer(v, field, lo, hi=None):
+        if isinstance(v, bool) or not isinstance(v, int) or v < lo or (hi is not None and v > hi):
+            bad(field, f"must be an integer in [{lo}, {'...' if hi is None else hi}]; got {_short(v)}")
+        return v
+
+    def number(v, field):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            bad(field, f"must be a finite number; got {_short(v)}")
+        return float(v)
+
+    def text(v, field, choices=None):
+        if not isinstance(v, str) or not v or (choices is not None and v not in choices):
+            bad(field, f"must be {'one of ' + ', '.join(choices) if choices else 'a non-empty string'}; "
+                       f"got {_short(v)}")
+        return v
+
+    def digest(v, field):
+        if not isinstance(v, str) or not _SHA256.fullmatch(v):
+            bad(field, "must be a sha256 (64 lowercase hex digits)")
+        return v
+
+    art = mapping(cert["artifact"], "artifact")
+    text(art.get("path"), "artifact.path")
+    if "\0" in art["path"]:
+        bad("artifact.path", "holds a NUL character")
+    text(art.get("kind"), "artifact.kind", ("onnx", "tflite", "checkpoint"))
+    digest(art.get("sha256"), "artifact.sha256")
+    d = mapping(cert["dataset"], "dataset")
+    text(d.get("name"), "dataset.name")
+    text(d.get("split"), "dataset.split", ("test", "train"))
+    integer(d.get("seed", 0), "dataset.seed", 0, 2 ** 63 - 1)
+    size = integer(d.get("split_size"), "dataset.split_size", 0)
+    n = integer(d.get("n"), "dataset.n", 0, size)
+    if n == 0 and not allow_empty:
+        bad("dataset.n", "is 0: the certificate covers no sample (pass --allow-empty to accept that)")
+    digest(d.get("split_sha256"), "dataset.split_sha256")
+    digest(d.get("samples_sha256"), "dataset.samples_sha256")
+    eps = number(cert["eps"], "eps")
+    if not 0 < eps <= 1:
+        bad("eps", f"must be in (0, 1] (pixel space); got {eps}")
+    method = text(cert["method"], "method", METHODS)
+    resolved = text(cert.get("method_resolved", method), "method_resolved", METHODS)
+    if method != "auto" and resolved != method:
+        bad("method_resolved", f"is {resolved} but method is {method}")
+    limit = number(cert.get("time_limit_s"), "time_limit_s")
+    if not 0 < limit <= MAX_TIME_LIMIT_S:
+        bad("time_limit_s", f"must be in (0, {MAX_TIME_LIMIT_S:g}] seconds; got {limit}")
+    samples = cert["samples"]
+    if not isinstance(samples, list) or len(samples) != n:
+        bad("samples", f"must be a list of dataset.n = {n} records")
+    seen = set()
+    for k, r in enumerate(samples):
+        mapping(r, f"samples[{k}]")
+        i = integer(r.get("index"), f"samples[{k}].index", 0, n - 1)
+        if i in seen:
+            bad(f"samples[{k}].index", f"repeats sample {i}")
+        seen.add(i)
+        integer(r.get("label"), f"samples[{k}].label", 0)
+        text(r.get("status"), f"samples[{k}].status", STATUSES)
+        text(r.get("decided_by"), f"samples[{k}].decided_by", STAGES)
+    s = mapping(cert["summary"], "summary")
+    number(s.get("min_vra"), "summary.min_vra")
+    if not 0 <= s["min_vra"] <= 1:
+        bad("summary.min_vra", f"must be a fraction in [0, 1]; got {s['min_vra']}")
+    name = cert.get("counterexamples")
+    if name is not None and (not isinstance(name, str) or Path(name).name != name or not name.endswith(".npz")):
+        bad("counterexamples", "must be the name of an .npz file beside the certificate")
+    return cert
+
+
+def _short(v):
+    r = repr(v)
+    return r if len(r) <= 40 else r[:37] + "..."
+
+
+def derived_summary(cert):
+    """The summary as it follows from the certificate's own sample records."""
+    recs = sorted(cert["samples"], key=lambda r: r["index"])
+    return summarize([_Claim(r["status"], r["decided_by"]) for r in recs], cert["summary"]["min_vra"])
+
+
+class _Claim:
+    seconds = 0.0
+
+    def __init__(self, status, decided_by):
+        self.status, self.decided_by = status, decided_by
+
+
+def summary_mismatches(claimed, derived):
+    """Fields of the claimed summary that differ from the derived one (timings aside)."""
+    return [f"summary.{k} is {_short(claimed.get(k))} but the samples give {_short(v)}"
+            for k, v in derived.items() if k != "seconds" and not _same(claimed.get(k), v)]
+
+
+def _same(claimed, derived):
+    if isinstance(derived, dict):
+        return isinstance(claimed, dict) and claimed.keys() == derived.keys() and \
+            all(_same(claimed[k], v) for k, v in derived.items())
+    if isinstance(derived, bool) or isinstance(derived, int):
+        return type(claimed) is type(derived) and claimed == derived
+    return isinstance(claimed, (int, float)) and not isinstance(claimed, bool) and \
+        math.isclose(claimed, derived, rel_tol=1e-9, abs_tol=1e-12)
+
+
+def read_counterexamples(cert_path, cert, in_shape):
+    """{sample index: float32 input} from the .npz beside the certificate; a file that is not
+    an npz, or arrays of the wrong type, shape or size raise VeriSparseError."""
     name = cert.get("counterexamples")
     if not name:
         return {}
     p = Path(cert_path).with_name(Path(name).name)
+    n, per = cert["dataset"]["n"], int(np.prod(in_shape))
+    limit = (n + 1) * per * 8 + 4096  # the largest honest array, stored as float64, plus its header
     try:
+        with zipfile.ZipFile(p) as zf:
+            big = [i.filename for i in zf.infolist() if i.file_size > limit]
+        if big:
+            raise VeriSparseError(f"counterexamples {p}: {big[0]} is larger than {n} inputs of shape "
+                                  f"{tuple(in_shape)} can be")
         with np.load(p, allow_pickle=False) as z:
-            return {int(i): x for i, x in zip(z["index"], z["x"])}
-    except (OSError, KeyError, ValueError) as e:
-        raise VeriSparseError(f"cannot read the counterexamples {p}: {e}") from None
+            idx, xs = z["index"], z["x"]
+    except FileNotFoundError:
+        raise VeriSparseError(f"counterexamples {p} named by the certificate not found") from None
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile, EOFError) as e:
+        raise VeriSparseError(f"cannot read the counterexamples {p}: {type(e).__name__}: {str(e)[:200]}") from None
+    if idx.ndim != 1 or idx.dtype.kind not in "iu" or len(np.unique(idx)) != len(idx) or \
+            (len(idx) and (idx.min() < 0 or idx.max() >= n)):
+        raise VeriSparseError(f"counterexamples {p}: index must be distinct sample numbers in [0, {n - 1}]")
+    if xs.dtype.kind != "f" or xs.shape != (len(idx), *in_shape) or not np.isfinite(xs).all():
+        raise VeriSparseError(f"counterexamples {p}: x must be {len(idx)} finite inputs of shape "
+                              f"{tuple(in_shape)}; it is {xs.dtype} {xs.shape}")
+    return {int(i): x.astype(np.float32) for i, x in zip(idx, xs)}
 
 
 def write_junit(path, cert):
@@ -128,6 +283,11 @@ def write_junit(path, cert):
     atomic_write(path, lambda f: tree.write(f, encoding="utf-8", xml_declaration=True))
 
 
+def _budget_note(cert):
+    left = sum(r["decided_by"] == "time-budget" for r in cert["samples"])
+    return f"  ({left} not tried: --time-budget ran out)" if left else ""
+
+
 def table(cert):
     s, d = cert["summary"], cert["dataset"]
     n = s["n"]
@@ -139,7 +299,7 @@ def table(cert):
     for stage, acc in s["ladder"].items():
         lines.append(f"  {'verified by ' + stage:<26}{round(acc * n):>7}  {pct(round(acc * n))}")
     lines += [f"  {'verified':<26}{s['verified']:>7}  {pct(s['verified'])}",
-              f"  {'unknown':<26}{s['unknown']:>7}",
+              f"  {'unknown':<26}{s['unknown']:>7}{_budget_note(cert)}",
               f"  {'falsified (confirmed)':<26}{s['falsified']:>7}",
               f"  {'attack-robust (upper)':<26}{n - s['falsified']:>7}  {pct(n - s['falsified'])}"]
     exact = f"exact {s['verified_accuracy']:.2%}" if s["exact"] else "exact unknown"

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import sys
 import time
-from pathlib import Path
 
 import click
+
+from verisparse.verify.limits import CHECK_TIME_LIMIT_S as DEFAULT_CHECK_TIME_LIMIT_S
+from verisparse.verify.limits import DEFAULTS as DEFAULT_LIMITS
+from verisparse.verify.limits import TIME_BUDGET_S, Limits
 
 METHODS = ["ibp", "crown", "milp", "auto"]
 
@@ -40,7 +43,7 @@ Examples:
   verisparse verify runs/default/model_int8.tflite --eps 0.1 --n 200 --junit verify.xml
   verisparse verify runs/default/checkpoint.pt --method crown
   verisparse verify runs/default/model.onnx --n 50 --export-vnnlib vnncomp/
-  verisparse verify --check runs/default/certificate.json
+  verisparse verify --check runs/default/certificate.json --check-time-limit 600
 """)
 @click.argument("artifact", type=click.Path(), required=False)
 @click.option("--eps", type=float, default=None, callback=_eps,
@@ -64,28 +67,47 @@ Examples:
               help="Re-validate this certificate against its artifact instead of verifying.")
 @click.option("--eps-sweep", "eps_sweep", default=None, metavar="START:STOP:STEP",
               help="Also verify at each of these radii; the curve goes into the certificate (key eps_sweep).")
+@click.option("--check-time-limit", type=float, default=DEFAULT_CHECK_TIME_LIMIT_S, show_default=True,
+              callback=_positive, help="Seconds --check may take in all; past it, exit 2.")
+@click.option("--allow-empty", is_flag=True, help="--check: accept a certificate that covers no sample.")
+@click.option("--trust-artifact-paths", is_flag=True,
+              help="Open an npz:/csv: dataset named inside the artifact, its run's config or the certificate.")
+@click.option("--max-elements", type=int, default=DEFAULT_LIMITS.max_elements, show_default=True,
+              callback=_positive, help="Refuse models with more activation elements per sample (all layers).")
+@click.option("--max-classes", type=int, default=DEFAULT_LIMITS.max_classes, show_default=True,
+              callback=_positive, help="Refuse datasets and models with more classes.")
+@click.option("--max-work", type=float, default=DEFAULT_LIMITS.max_work, show_default=True, callback=_positive,
+              help="Refuse runs whose samples x activation elements per sample exceed this.")
+@click.option("--time-budget", type=float, default=TIME_BUDGET_S, show_default=True, callback=_positive,
+              help="Seconds for the whole verification; the samples not done by then are reported unknown.")
 def verify(artifact, eps, dataset, data_root, split, n, method, time_limit, min_vra, report, junit, export_vnnlib,
-           check, eps_sweep=None):
+           check, check_time_limit, allow_empty, trust_artifact_paths, max_elements, max_classes, max_work,
+           time_budget, eps_sweep=None):
     """Certify ARTIFACT (model.onnx, model_int8.tflite or checkpoint.pt) against L-inf attacks.
 
     Every sample ends verified (proved for the whole eps-ball), falsified (a counterexample
     the artifact's own runtime confirms) or unknown. The table shows the ladder
     verified <= exact <= attack-robust."""
+    limits = Limits(max_elements, max_classes, max_work)
     if check:
-        sys.exit(_check(check, artifact, data_root))
+        from verisparse.verify.check import check as check_certificate
+        sys.exit(check_certificate(check, artifact, dataset, data_root, allow_empty, trust_artifact_paths,
+                                   check_time_limit, limits))
     if artifact is None:
         raise click.UsageError("give an ARTIFACT to verify, or --check CERT.json")
     from verisparse.verify import certificate
     from verisparse.verify.artifact import load_artifact
-    art = load_artifact(artifact)
+    from verisparse.verify.samples import dataset_name, load_split
+    art = load_artifact(artifact, limits, trust_paths=trust_artifact_paths, user_dataset=dataset)
     defaults = _run_defaults(art)
     eps = eps if eps is not None else _default_eps(art, defaults)
-    info, x, y = _samples(art, dataset or defaults.get("dataset"), defaults.get("seed", 0), data_root, split, n)
+    name = dataset_name(dataset, defaults.get("dataset"), f"{art.path}", trust_artifact_paths)
+    info, x, y = load_split(art, name, defaults.get("seed", 0), data_root, split, n, limits)
     method_used = _resolve_method(art, method)
     from verisparse.verify import eps_sweep as sweep_mod
     radii = sweep_mod.parse(eps_sweep) if eps_sweep else None
     start = time.perf_counter()
-    results = art.verify(x, y, eps, method_used, time_limit=time_limit)
+    results = art.verify(x, y, eps, method_used, time_limit=time_limit, time_budget=time_budget)
     cert = certificate.build(art, info, eps, method, time_limit, results, min_vra, time.perf_counter() - start)
     cert["method_resolved"] = method_used
     if radii:
@@ -143,84 +165,8 @@ def _resolve_method(art, method):
     return method
 
 
-def _samples(art, name, seed, data_root, split, n):
-    from verisparse.errors import VeriSparseError
-    from verisparse.trainer.datasets import load_dataset, split_hash
-    if not name:
-        raise VeriSparseError(f"{art.path} does not record its dataset; pass --dataset")
-    ds = load_dataset(str(name), seed=int(seed), data_root=data_root)
-    x, y = (ds.x_test, ds.y_test) if split == "test" else (ds.x_train, ds.y_train)
-    if tuple(x.shape[1:]) != tuple(art.in_shape):
-        raise VeriSparseError(f"dataset {ds.name} has inputs of shape {tuple(x.shape[1:])} but {art.path.name} "
-                              f"expects {tuple(art.in_shape)}; pass the dataset the model was trained on")
-    if ds.num_classes != art.num_classes:
-        raise VeriSparseError(f"dataset {ds.name} has {ds.num_classes} classes but {art.path.name} outputs "
-                              f"{art.num_classes} scores")
-    info = dict(name=ds.name, split=split, seed=int(seed), split_size=len(y), split_sha256=split_hash(x, y))
-    if n is not None:
-        x, y = x[:n], y[:n]
-    info.update(n=len(y), samples_sha256=split_hash(x, y))
-    return info, x, y
-
-
 def _default_report(art):
     if not (art.path.parent / "config.json").is_file():
         return None
     name = "certificate.json" if art.path.name == "model.onnx" else f"certificate_{art.path.stem}.json"
     return art.path.parent / name
-
-
-def _check(cert_path, artifact_override, data_root):
-    """0 when the certificate still holds for its artifact, 1 when it does not."""
-    import numpy as np
-
-    from verisparse.files import sha256_file
-    from verisparse.verify import certificate
-    from verisparse.verify.artifact import load_artifact
-    cert = certificate.read(cert_path)
-    path = Path(artifact_override or cert["artifact"]["path"])
-    if not path.is_file() and not path.is_absolute():
-        path = Path(cert_path).parent / path.name  # the certificate travelled with its artifact
-    problems = []
-    if not path.is_file():
-        problems.append(f"artifact {path} is missing")
-    elif sha256_file(path) != cert["artifact"]["sha256"]:
-        problems.append(f"artifact {path} changed: sha256 differs from the certificate's")
-    if problems:
-        return _report_check(cert_path, problems)
-    art = load_artifact(path)
-    d = cert["dataset"]
-    info, x, y = _samples(art, d["name"], d.get("seed", 0), data_root, d["split"], d["n"])
-    if info["split_sha256"] != d["split_sha256"] or info["samples_sha256"] != d["samples_sha256"]:
-        problems.append(f"dataset {d['name']} {d['split']} split differs from the one certified")
-        return _report_check(cert_path, problems)
-    old = {r["index"]: r for r in cert["samples"]}
-    if sorted(old) != list(range(len(y))):
-        problems.append("the certificate's sample list is not the first N samples of the split")
-        return _report_check(cert_path, problems)
-    results = art.verify(x, y, cert["eps"], cert.get("method_resolved", cert["method"]),
-                         time_limit=2 * cert["time_limit_s"])
-    lost = [r.index for r in results if old[r.index]["status"] == "verified" and r.status != "verified"]
-    if lost:
-        problems.append(f"{len(lost)} samples certified as verified no longer verify (first: {lost[:5]})")
-    cex = certificate.read_counterexamples(cert_path, cert)
-    from verisparse.verify.bounds import input_box
-    x_l, x_u = input_box(x, cert["eps"])
-    for i, xc in cex.items():
-        inside = (xc >= x_l[i].numpy()).all() and (xc <= x_u[i].numpy()).all()
-        if not inside or int(np.argmax(art.run(xc[None])[0])) == int(y[i]):
-            problems.append(f"the counterexample for sample {i} does not break the artifact")
-    claimed = cert["summary"]["verified"]
-    if claimed != sum(1 for r in cert["samples"] if r["status"] == "verified"):
-        problems.append("the summary's verified count does not match its samples")
-    return _report_check(cert_path, problems, claimed, len(y))
-
-
-def _report_check(cert_path, problems, verified=None, n=None):
-    if problems:
-        for p in problems:
-            click.echo(f"FAIL {cert_path}: {p}")
-        return 1
-    click.echo(f"OK {cert_path}: artifact hash, dataset hash, {verified}/{n} verified samples "
-               f"and every counterexample re-checked")
-    return 0

@@ -68,4 +68,4 @@ def sweep(art, x, y, radii, anchor_eps, anchor_results, method, time_limit):
 def _run(art, x, y, todo, eps, method, time_limit):
     if not todo:
         return []
-    return art.verify(x[todo], y[todo], eps, method, time_limit=time_limit, indices=todo)
+    return art.verify(x[todo], y[todo], eps, method, time_limit=time_limit)

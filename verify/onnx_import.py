@@ -3,9 +3,11 @@
 Supported: a chain of Gemm, MatMul, Add, Sub, Mul, Div (with a constant operand), Conv,
 Relu, Flatten, Reshape, BatchNormalization (inference), AveragePool, plus Constant and
 Identity. "Chain" means every node reads the previous node's output and constants only;
-branches (residual adds) are refused. The file is treated as hostile: it is parsed without
-following external-data paths, every constant must be finite, every shape is checked before
-it is used, and any failure is a VeriSparseError that names the node.
+branches (residual adds) are refused. The file is treated as hostile: any tensor stored as
+external data is refused (its path could name any file on the disk), every constant must be
+finite, every shape is checked against the limits before it is used, error messages name
+shapes but never print a tensor's contents, and any failure is a VeriSparseError that names
+the node.
 """
 from __future__ import annotations
 
@@ -18,10 +20,10 @@ from verisparse.errors import VeriSparseError
 
 from . import ops
 from .bounds import BoundedNet
+from .limits import DEFAULTS, check_model
 
 SUPPORTED = ("Gemm, MatMul, Add, Sub, Mul, Div (by constants), Conv, Relu, Flatten, Reshape, "
              "BatchNormalization, AveragePool, Constant, Identity")
-_MAX_ELEMENTS = 50_000_000  # per tensor: refuse graphs whose shapes would exhaust memory
 
 
 @dataclass
@@ -32,6 +34,8 @@ class ImportedNet:
     input_name: str
     output_name: str
     metadata: dict = field(default_factory=dict)
+    elements: int = 0  # activation elements of one sample, summed over the layers
+    widest: int = 0  # elements of the largest activation of one sample
 
 
 def load_onnx_proto(source):
@@ -50,29 +54,54 @@ def load_onnx_proto(source):
                               "re-export it with `verisparse export` or torch.onnx") from None
     if not proto.HasField("graph") or not proto.graph.node:
         raise VeriSparseError(f"{_name(source)} holds no ONNX graph")
-    for t in proto.graph.initializer:
-        if t.data_location == onnx.TensorProto.EXTERNAL:
-            raise VeriSparseError(f"initializer {t.name!r} uses external data; save the model with "
-                                  "all tensors inside the file")
+    for what in _external_tensors(proto.graph):
+        raise VeriSparseError(f"{what} uses external data, which VeriSparse never reads (it could name any file); "
+                              "save the model with all tensors inside the file")
     return proto
+
+
+def _external_tensors(graph):
+    """Names of the tensors in graph (initializers, node attributes, subgraphs) stored externally."""
+    from onnx import AttributeProto, TensorProto
+
+    def external(t):
+        return t.data_location == TensorProto.EXTERNAL or len(t.external_data) > 0
+    for t in graph.initializer:
+        if external(t):
+            yield f"initializer {t.name[:100]!r}"
+    for t in graph.sparse_initializer:
+        if external(t.values) or external(t.indices):
+            yield f"sparse initializer {t.values.name[:100]!r}"
+    for node in graph.node:
+        for a in node.attribute:
+            where = f"attribute {a.name[:50]!r} of node {node.name[:50]!r} ({node.op_type[:50]})"
+            tensors = [a.t] if a.type == AttributeProto.TENSOR else list(a.tensors)
+            sparse = [a.sparse_tensor] if a.type == AttributeProto.SPARSE_TENSOR else list(a.sparse_tensors)
+            if any(external(t) for t in tensors) or any(external(t.values) or external(t.indices) for t in sparse):
+                yield where
+            for g in ([a.g] if a.type == AttributeProto.GRAPH else list(a.graphs)):
+                yield from _external_tensors(g)
 
 
 def _name(source):
     return "the ONNX bytes" if isinstance(source, (bytes, bytearray)) else str(source)
 
 
-def import_onnx(source) -> ImportedNet:
+def import_onnx(source, limits=DEFAULTS) -> ImportedNet:
     proto = source if hasattr(source, "graph") else load_onnx_proto(source)
-    return _Importer(proto).run()
+    return _Importer(proto, limits).run()
 
 
 class _Importer:
-    def __init__(self, proto):
-        self.proto, self.graph = proto, proto.graph
+    def __init__(self, proto, limits):
+        self.proto, self.graph, self.limits = proto, proto.graph, limits
         self.consts = {t.name: self._array(t, f"initializer {t.name!r}") for t in self.graph.initializer}
 
     def _array(self, t, what):
-        from onnx import numpy_helper
+        from onnx import TensorProto, numpy_helper
+        if t.data_location == TensorProto.EXTERNAL or len(t.external_data):
+            raise VeriSparseError(f"{what} uses external data, which VeriSparse never reads; save the model "
+                                  "with all tensors inside the file")
         try:
             a = numpy_helper.to_array(t)
         except Exception as e:  # malformed tensor protos raise many types
@@ -101,7 +130,8 @@ class _Importer:
         if len(self.graph.output) != 1:
             raise VeriSparseError(f"the graph must have one output (the logits); it has {len(self.graph.output)}")
         input_name, in_shape = self._input_shape()
-        _check_size(in_shape, "the input")
+        self.sizes = []
+        self._count(in_shape, "the input")
         cur, shape, result = input_name, in_shape, []
         for node in self.graph.node:
             where = f"node {node.name or '(unnamed)'} ({node.op_type})"
@@ -119,9 +149,9 @@ class _Importer:
                 new_ops, shape = handler(node, shape)
             except VeriSparseError as e:
                 raise VeriSparseError(f"{where}: {e}") from None
-            except (ValueError, IndexError, RuntimeError, TypeError, KeyError) as e:
-                raise VeriSparseError(f"{where}: inconsistent shapes or attributes ({e})") from None
-            _check_size(shape, where)
+            except (ValueError, IndexError, RuntimeError, TypeError, KeyError, OverflowError) as e:
+                raise VeriSparseError(f"{where}: inconsistent shapes or attributes ({str(e)[:200]})") from None
+            self._count(shape, where)
             for op in new_ops:
                 _append(result, op)
             cur = node.output[0]
@@ -129,8 +159,18 @@ class _Importer:
             raise VeriSparseError(f"the graph output {self.graph.output[0].name!r} is not the end of the chain")
         if len(shape) != 1 or not result:
             raise VeriSparseError(f"the graph must end in a vector of class scores; it ends in shape {shape}")
+        check_model(sum(self.sizes), shape[0], "the ONNX graph", self.limits)
         meta = {p.key: p.value for p in self.proto.metadata_props}
-        return ImportedNet(BoundedNet(result), in_shape, shape[0], input_name, cur, meta)
+        return ImportedNet(BoundedNet(result), in_shape, shape[0], input_name, cur, meta, sum(self.sizes),
+                           max(self.sizes))
+
+    def _count(self, shape, where):
+        """Add one activation's elements, refusing the graph as soon as the sum is over the limit."""
+        self.sizes.append(int(np.prod(shape, dtype=np.float64)))
+        if sum(self.sizes) > self.limits.max_elements:
+            raise VeriSparseError(f"{where}: too large; the activations up to here need {sum(self.sizes):,} "
+                                  f"elements per sample (this one has shape {tuple(shape)}), more than --max-elements "
+                                  f"{self.limits.max_elements:,}; raise it if the model is meant to be that large")
 
     # --- helpers ------------------------------------------------------------------------
 
@@ -172,18 +212,18 @@ class _Importer:
         full = (1,) + tuple(shape)
         target = [full[i] if v == 0 else v for i, v in enumerate(target)]  # 0 copies the input dim
         if not target or target[0] not in (1, -1) or target.count(-1) > 1:
-            raise VeriSparseError(f"Reshape must keep the batch axis first; target {target}")
+            raise VeriSparseError(f"Reshape must keep the batch axis first; target {_dims(target)}")
         if target[0] == -1 and -1 in target[1:]:
-            raise VeriSparseError(f"Reshape target {target} is ambiguous")
+            raise VeriSparseError(f"Reshape target {_dims(target)} is ambiguous")
         rest = target[1:]
         n = int(np.prod(shape))
         if -1 in rest:
             known = int(np.prod([v for v in rest if v != -1]))
             if known <= 0 or n % known:
-                raise VeriSparseError(f"cannot reshape {shape} into {target}")
+                raise VeriSparseError(f"cannot reshape {shape} into {_dims(target)}")
             rest[rest.index(-1)] = n // known
         if any(v <= 0 for v in rest) or int(np.prod(rest)) != n:
-            raise VeriSparseError(f"cannot reshape {shape} into {target}")
+            raise VeriSparseError(f"cannot reshape {shape} into {_dims(target)}")
         return [ops.Reshape(shape, rest)], tuple(rest)
 
     def _op_Gemm(self, node, shape):
@@ -262,7 +302,7 @@ class _Importer:
             raise VeriSparseError(f"Conv bias shape {b.shape} does not match {W.shape[0]} filters")
         kernel = tuple(a.get("kernel_shape", W.shape[2:]))
         if kernel != tuple(W.shape[2:]):
-            raise VeriSparseError(f"kernel_shape {kernel} disagrees with weight {W.shape}")
+            raise VeriSparseError(f"kernel_shape {_dims(kernel)} disagrees with weight {W.shape}")
         stride = tuple(a.get("strides", [1, 1]))
         pad = self._pads(a, shape[1:], kernel, stride)
         out = _pool_out(shape[1:], kernel, stride, pad)
@@ -289,7 +329,8 @@ class _Importer:
         auto = a.get("auto_pad", b"NOTSET")
         auto = auto.decode() if isinstance(auto, bytes) else auto
         if len(kernel) != 2 or len(stride) != 2 or min(stride) < 1 or min(kernel) < 1:
-            raise VeriSparseError(f"only 2-D kernels and positive strides are supported; got {kernel}, {stride}")
+            raise VeriSparseError(f"only 2-D kernels and positive strides are supported; got {_dims(kernel)}, "
+                                  f"{_dims(stride)}")
         if auto in ("SAME_UPPER", "SAME_LOWER"):
             total = [max((-(-n // s) - 1) * s + k - n, 0) for n, k, s in zip(hw, kernel, stride)]
             if any(t % 2 for t in total):
@@ -299,7 +340,7 @@ class _Importer:
             return (0, 0)
         p = list(a.get("pads", [0, 0, 0, 0]))
         if len(p) != 4 or p[0] != p[2] or p[1] != p[3] or min(p) < 0:
-            raise VeriSparseError(f"only symmetric, non-negative pads are supported; got {p}")
+            raise VeriSparseError(f"only symmetric, non-negative pads are supported; got {_dims(p)}")
         return (p[0], p[1])
 
 
@@ -310,9 +351,10 @@ def _pool_out(hw, kernel, stride, pad):
     return out
 
 
-def _check_size(shape, where):
-    if int(np.prod(shape, dtype=np.float64)) > _MAX_ELEMENTS:
-        raise VeriSparseError(f"{where}: tensor shape {shape} is too large to verify")
+def _dims(values):
+    """A shape-like list for a message: a long one is data, not a shape, and is not printed."""
+    values = list(values)
+    return str(values) if len(values) <= 8 else f"({len(values)} values)"
 
 
 def _t(a):

@@ -35,21 +35,29 @@ def litert(data: bytes, reference: bool = True, keep_tensors: bool = False):
     try:
         it = Interpreter(model_content=data, experimental_op_resolver_type=kind,
                          experimental_preserve_all_tensors=keep_tensors)
-    except ValueError as e:
-        raise VeriSparseError(f"LiteRT cannot load this model: {e}") from e
-    it.allocate_tensors()
+        it.allocate_tensors()
+    except _LITERT_ERRORS as e:
+        raise VeriSparseError(f"LiteRT cannot load this model: {str(e)[:300]}") from None
     return it
+
+
+# what LiteRT raises for a model it rejects at load, prepare or invoke time (a corrupt
+# tensor name surfaces as UnicodeDecodeError)
+_LITERT_ERRORS = (ValueError, RuntimeError, UnicodeDecodeError, IndexError)
 
 
 def run_litert(data: bytes, q: np.ndarray, reference: bool = True) -> np.ndarray:
     """int8 outputs for a batch of int8 inputs (one invoke per sample: the model's batch is 1)."""
     it = litert(data, reference)
-    inp, out = it.get_input_details()[0], it.get_output_details()[0]
-    res = []
-    for row in q:
-        it.set_tensor(inp["index"], row[None])
-        it.invoke()
-        res.append(it.get_tensor(out["index"])[0].copy())
+    try:
+        inp, out = it.get_input_details()[0], it.get_output_details()[0]
+        res = []
+        for row in q:
+            it.set_tensor(inp["index"], row[None])
+            it.invoke()
+            res.append(it.get_tensor(out["index"])[0].copy())
+    except _LITERT_ERRORS as e:
+        raise VeriSparseError(f"LiteRT cannot run this model: {str(e)[:300]}") from None
     return np.stack(res)
 
 

@@ -231,13 +231,16 @@ def _tensor(buf, t: _Table, index, buffers) -> Tensor:
     if q is not None:
         s, z = q.vector(2, np.float32), q.vector(3, np.int64)
         if s is not None and len(s):
-            scale = s.astype(np.float64)
+            with np.errstate(invalid="ignore"):  # a signalling NaN is refused just below, not warned about
+                scale = s.astype(np.float64)
             zp = np.zeros(len(s), np.int64) if z is None or not len(z) else z.astype(np.int64)
             if len(zp) != len(scale):
                 raise _Corrupt(f"tensor {index} ({name}) has {len(scale)} scales but {len(zp)} zero points")
         qdim = q.scalar(6, "i", 0)
         if len(scale) > 1 and not (0 <= qdim < len(shape) and shape[qdim] == len(scale)):
             raise _Corrupt(f"tensor {index} ({name}): {len(scale)} scales do not match dimension {qdim} of {shape}")
+    if not np.isfinite(scale).all() or (scale < 0).any():
+        raise _Corrupt(f"tensor {index} ({name}) has a negative, NaN or infinite quantization scale")
     bidx = t.scalar(2, "I", 0)
     if bidx >= len(buffers):
         raise _Corrupt(f"tensor {index} ({name}) refers to buffer {bidx} of {len(buffers)}")
@@ -248,6 +251,8 @@ def _tensor(buf, t: _Table, index, buffers) -> Tensor:
         if count * dtype.itemsize != len(raw):
             raise _Corrupt(f"tensor {index} ({name}) of shape {shape} and type {dtype} has {len(raw)} bytes of data")
         data = raw.view(dtype.newbyteorder("<")).reshape(shape)
+    elif (scale == 0).any():  # constants may hold an all-zero channel; activations need a scale to divide by
+        raise _Corrupt(f"tensor {index} ({name}) has a zero quantization scale")
     return Tensor(index, name, shape, dtype, scale, zp, qdim, data)
 
 
