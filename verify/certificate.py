@@ -103,7 +103,7 @@ def read(path):
 
 METHODS = ("ibp", "crown", "milp", "auto")
 STATUSES = ("verified", "falsified", "unknown")
-STAGES = ("clean", "ibp", "crown", "milp", "int8-ibp", "int8-crown", "pgd", "time-budget")
+STAGES = ("clean", "ibp", "crown", "milp", "int8-ibp", "int8-crown", "pgd", "int8-search", "time-budget")
 MAX_TIME_LIMIT_S = 3600.0  # per sample; a larger claim is a forged or broken certificate
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
@@ -180,6 +180,9 @@ def validate(cert, where, allow_empty=False):
         integer(r.get("label"), f"samples[{k}].label", 0)
         text(r.get("status"), f"samples[{k}].status", STATUSES)
         text(r.get("decided_by"), f"samples[{k}].decided_by", STAGES)
+        note = r.get("note")
+        if note is not None and not (isinstance(note, str) and len(note) <= 300 and note.isprintable()):
+            bad(f"samples[{k}].note", "must be one printable line of at most 300 characters")
     s = mapping(cert["summary"], "summary")
     number(s.get("min_vra"), "summary.min_vra")
     if not 0 <= s["min_vra"] <= 1:
@@ -301,10 +304,12 @@ def table(cert):
     lines += [f"  {'verified':<26}{s['verified']:>7}  {pct(s['verified'])}",
               f"  {'unknown':<26}{s['unknown']:>7}{_budget_note(cert)}",
               f"  {'falsified (confirmed)':<26}{s['falsified']:>7}",
-              f"  {'attack-robust (upper)':<26}{n - s['falsified']:>7}  {pct(n - s['falsified'])}"]
+              f"  {'attack-robust (heuristic)':<26}{n - s['falsified']:>7}  {pct(n - s['falsified'])}"]
     exact = f"exact {s['verified_accuracy']:.2%}" if s["exact"] else "exact unknown"
     lines.append(f"  ladder: verified {s['verified_accuracy']:.2%} <= {exact} <= attack-robust "
-                 f"{s['attack_robust_accuracy']:.2%}")
+                 f"{s['attack_robust_accuracy']:.2%} (an upper bound: what heuristic attacks did not break)")
+    notes = Counter(r["note"] for r in cert["samples"] if r.get("note"))
+    lines += [f"  note ({k} samples): {text}" for text, k in notes.items()]
     verdict = "PASS" if s["passed"] else "FAIL"
     lines.append(f"{verdict}: verified accuracy {s['verified_accuracy']:.2%} "
                  f"{'>=' if s['passed'] else '<'} --min-vra {s['min_vra']:.2%}  ({s['seconds']:.1f} s)")

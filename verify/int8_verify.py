@@ -45,10 +45,8 @@ def load_tflite_artifact(path, digest):
         q = quantize(_to_nhwc(np.asarray(x, np.float32)), model.in_scale, model.in_zp)
         return dequantize(run_litert(data, q), model.out_scale, model.out_zp)
 
-    def verify(x, y, eps, method, time_limit=10.0, indices=None):
-        return verify_int8(model, runtime, x, y, eps, method, indices)
-    meta = _sidecar_metadata(path)
-    return Artifact(path, "tflite", digest, model.in_shape, model.num_classes, meta, verify, METHODS, runtime,
+    meta = _sidecar_metadata(path)  # verify is set by verify.artifact, which sizes the batches
+    return Artifact(path, "tflite", digest, model.in_shape, model.num_classes, meta, None, METHODS, runtime,
                     extra=dict(model=model))
 
 
