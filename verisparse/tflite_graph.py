@@ -240,7 +240,8 @@ def _tensor(buf, t: _Table, index, buffers) -> Tensor:
         if len(scale) > 1 and not (0 <= qdim < len(shape) and shape[qdim] == len(scale)):
             raise _Corrupt(f"tensor {index} ({name}): {len(scale)} scales do not match dimension {qdim} of {shape}")
     if not np.isfinite(scale).all() or (scale < 0).any():
-        raise _Corrupt(f"tensor {index} ({name}) has a negative, NaN or infinite quantization scale")
+        bad = scale[~np.isfinite(scale) | (scale < 0)][0]
+        raise _Corrupt(f"tensor {index} ({name}) has scale {bad:g}; quantization scales must be finite and positive")
     bidx = t.scalar(2, "I", 0)
     if bidx >= len(buffers):
         raise _Corrupt(f"tensor {index} ({name}) refers to buffer {bidx} of {len(buffers)}")
@@ -252,7 +253,7 @@ def _tensor(buf, t: _Table, index, buffers) -> Tensor:
             raise _Corrupt(f"tensor {index} ({name}) of shape {shape} and type {dtype} has {len(raw)} bytes of data")
         data = raw.view(dtype.newbyteorder("<")).reshape(shape)
     elif (scale == 0).any():  # constants may hold an all-zero channel; activations need a scale to divide by
-        raise _Corrupt(f"tensor {index} ({name}) has a zero quantization scale")
+        raise _Corrupt(f"tensor {index} ({name}) has scale 0; quantization scales must be finite and positive")
     return Tensor(index, name, shape, dtype, scale, zp, qdim, data)
 
 
