@@ -54,3 +54,10 @@ def test_a_bug_is_one_line_exit_3_and_debug_shows_the_traceback(monkeypatch, sma
 def test_verdicts_are_exit_1_not_2(small_run):
     r = _run("verify", small_run / "model.onnx", "--n", "20", "--method", "ibp", "--eps", "1.0", "--min-vra", "0.5")
     assert r.exit_code == 1 and "FAIL" in r.output
+
+
+def test_non_finite_numbers_are_refused_before_any_work(small_run):
+    for opt in ("--time-limit", "--time-budget", "--max-work", "--check-time-limit"):
+        for bad in ("nan", "inf", "-1"):
+            r = _run("verify", small_run / "model.onnx", "--n", "5", opt, bad)
+            assert r.exit_code == 2 and "finite positive" in r.output, (opt, bad, r.output)

@@ -7,6 +7,7 @@ Heavy imports (torch, onnx, scipy) stay inside the functions so `verisparse --he
 """
 from __future__ import annotations
 
+import math
 import sys
 import time
 
@@ -32,8 +33,8 @@ def _fraction(ctx, param, value):
 
 
 def _positive(ctx, param, value):
-    if value is not None and value <= 0:
-        raise click.BadParameter(f"must be positive; got {value}")
+    if value is not None and not (value > 0 and math.isfinite(value)):
+        raise click.BadParameter(f"must be a finite positive number; got {value}")
     return value
 
 
