@@ -49,11 +49,15 @@ def test_masks_move_during_training(tmp_path):
     out = tmp_path / "run"
     torch.manual_seed(0)
     train(TrainConfig(arch="mlp_2layer", epochs=1, sparsity=0.9, **FAST), out / "a", progress=False)
-    train(TrainConfig(arch="mlp_2layer", epochs=3, sparsity=0.9, **FAST), out / "b", progress=False)
+    log = train(TrainConfig(arch="mlp_2layer", epochs=3, sparsity=0.9, **FAST), out / "b", progress=False)
     a = torch.load(out / "a" / "checkpoint.pt", weights_only=True)["model"]
     b = torch.load(out / "b" / "checkpoint.pt", weights_only=True)["model"]
     moved = int((a["1.weight_mask"] != b["1.weight_mask"]).sum())
     assert moved > 0 and int(a["1.weight_mask"].sum()) == int(b["1.weight_mask"].sum())
+    # the log says where sparsity sits and how much of the mask moved, epoch by epoch
+    assert sum(r["mask_changes"] for r in log) >= moved > 0
+    assert set(log[-1]["layer_sparsity"]) == {"1:Linear", "3:Linear"}
+    assert all(0 < v < 1 for v in log[-1]["layer_sparsity"].values())
 
 
 def test_structured_run_removes_units_within_budget(tmp_path):

@@ -30,12 +30,24 @@ def _in_alive(model, layers, k):
     return prev.repeat_interleave(n_in // prev.numel())  # a flattened conv feeds C*H*W inputs
 
 
-def layer_stats(model: nn.Sequential):
-    """Per prunable layer: name, dense weight count and effective (alive) weight count."""
-    layers, stats = prunable(model), []
+def alive_masks(model: nn.Sequential):
+    """Per prunable layer: (index, module, 0/1 tensor of the weights that count: unmasked, of a
+    kept unit, fed by a kept unit)."""
+    layers = prunable(model)
     for k, (i, m) in enumerate(layers):
         alive_in = _in_alive(model, layers, k).view(1, -1, *([1] * (m.weight.dim() - 2)))
-        alive = m.weight_mask * m.out_mask.view(-1, *([1] * (m.weight.dim() - 1))) * alive_in
+        yield i, m, m.weight_mask * m.out_mask.view(-1, *([1] * (m.weight.dim() - 1))) * alive_in
+
+
+def mask_changes(before, after):
+    """How many weights changed between alive and dead across two alive_masks snapshots."""
+    return sum(int((a != b).sum()) for a, b in zip(before, after))
+
+
+def layer_stats(model: nn.Sequential):
+    """Per prunable layer: name, dense weight count and effective (alive) weight count."""
+    stats = []
+    for i, m, alive in alive_masks(model):
         stats.append(dict(layer=f"{i}:{type(m).__name__.replace('Masked', '')}", dense=m.weight.numel(),
                           effective=int(alive.sum().item()),
                           units=int(m.out_mask.sum().item()), dense_units=m.out_mask.numel()))

@@ -238,6 +238,7 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, device: str = "auto",
     log = rd.read_log(log_path)
     for epoch in bar:
         phase = "finetune" if epoch >= cfg.epochs else ("sparse" if cfg.sparse_from_scratch else "dense")
+        masks_before = [alive.clone() for _, _, alive in sp.alive_masks(model)]
         t0 = time.perf_counter()
         if cfg.baseline == "prune-finetune" and epoch == cfg.epochs:
             if counts is not None:
@@ -292,6 +293,8 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, device: str = "auto",
         record = dict(epoch=epoch + 1, phase=phase, eps_train_now=eps, beta=beta, kappa=kappa, lr=lr,
                       loss=loss_sum / n, train_acc=correct / n, **metrics, eps=cfg.eps,
                       sparsity=summary["sparsity"], effective_params=summary["effective_params"],
+                      layer_sparsity={r["layer"]: r["sparsity"] for r in summary["layers"]},
+                      mask_changes=sp.mask_changes(masks_before, [a for _, _, a in sp.alive_masks(model)]),
                       seconds=epoch_seconds, train_seconds=train_seconds,
                       eval_seconds=time.perf_counter() - t1)
         save_checkpoint(ckpt_path, dict(config=asdict(cfg), epoch=epoch + 1, step=step,

@@ -90,7 +90,7 @@ def mask_changes(log):
         return None
     fig, ax = figure(6.4, 2.4)
     ax.bar(*zip(*pts), color="tab:orange")
-    ax.set(xlabel="epoch", ylabel="weights moved", title="mask changes (pruned + regrown) per epoch")
+    ax.set(xlabel="epoch", ylabel="weights moved", title="mask changes (weights pruned or regrown) per epoch")
     return to_svg(fig)
 
 
