@@ -34,7 +34,7 @@ run: $(STAMP) toolchain
 		--out $(RUN) $$resume
 	$(VENV)/bin/verisparse export $(RUN)
 	$(VENV)/bin/verisparse verify $(RUN)/model.onnx --method auto --min-vra 0.85
-	$(VENV)/bin/verisparse verify $(RUN)/model_int8.tflite --method auto --min-vra 0.80
+	$(VENV)/bin/verisparse verify $(RUN)/model_int8.tflite --method auto --min-vra 0.80 --eps-sweep 0.03:0.15:0.03
 	$(VENV)/bin/verisparse firmware $(RUN) --board mps2-an386 --out $(RUN)/firmware --run
 	$(VENV)/bin/verisparse report $(RUN)
 
