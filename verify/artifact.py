@@ -17,6 +17,7 @@ import numpy as np
 
 from verisparse.errors import VeriSparseError
 from verisparse.files import sha256_file
+from verisparse.tflite_graph import check_quantization
 
 from .deadline import deadline
 from .limits import DEFAULTS, batch_size, check_model
@@ -122,17 +123,15 @@ def _tflite(p, digest, limits):
 
 
 def _check_quantization(g, where):
-    """Every int8 tensor carries its scales and in-range zero points, which the integer
-    verifier reads without asking (tflite_graph has already refused bad scale values)."""
+    """Every int8 tensor carries scales, and valid ones (the firmware's check), which the
+    integer verifier reads without asking."""
     for t in g.tensors:
         if t.dtype != np.int8:
             continue
         if len(t.scale) == 0:
             raise VeriSparseError(f"{where}: int8 tensor {t.index} ({t.name[:60]}) has no quantization scale; "
                                   "export a full-integer model")
-        if ((t.zero_point < -128) | (t.zero_point > 127)).any():
-            raise VeriSparseError(f"{where}: int8 tensor {t.index} ({t.name[:60]}) has a zero point outside "
-                                  "[-128, 127]")
+        check_quantization(t, where)
 
 
 def _onnx(p, digest, limits):
