@@ -11,7 +11,8 @@ Stages run cheapest first and each runs only on what the one before left open:
 A bound stage can only say "verified"; only a runtime-confirmed counterexample says
 "falsified". Bounds are verify.rounding's sound ones (the float32 runtime's rounding and the
 bound arithmetic's own charged; float32 first, float64 on what that leaves open) on an input
-box rounded outward; counterexamples live in the float32 points of the ball (rounded inward). The attack always runs on the samples the bounds left open, so every report
+box rounded outward; counterexamples live in the float32 points of the ball (rounded inward).
+The attack always runs on the samples the bounds left open, so every report
 carries verified <= exact <= attack-robust.
 """
 from __future__ import annotations

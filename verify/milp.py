@@ -7,15 +7,14 @@ z = W v + b + delta with |delta| <= e (verify.rounding bounds e per sample). Eac
 pre-activation bounds l < 0 < u gets the big-M encoding
     a >= W v + b - e,  a >= 0,  a <= W v + b + e - l (1 - d),  a <= u d,  d in {0, 1},
 stable ones are a = z (within e) or a = 0; the margin loses |c|·e of the logits. So a proof
-covers the network as executed, not only its real-arithmetic twin. The bounds come from CROWN, so M is as small as the
-incomplete verifier can make it. One MILP per wrong class j minimises the margin
+covers the network as executed, not only its real-arithmetic twin. The bounds come from
+CROWN, so M is as small as the incomplete verifier can make it. One MILP per wrong class j minimises the margin
 z_y - z_j; HiGHS's dual bound is a proof (> 0) and its incumbent a candidate counterexample
 that the caller confirms on the real runtime before calling a sample falsified.
 """
 from __future__ import annotations
 
 import contextlib
-import copy
 import os
 import sys
 import time
