@@ -7,10 +7,12 @@ from .lower import Layer, Program
 from .plan import Plan
 
 _CTYPES = {np.dtype(np.int8): "int8_t", np.dtype(np.uint8): "uint8_t", np.dtype(np.uint16): "uint16_t",
-           np.dtype(np.int32): "int32_t"}
+           np.dtype(np.int32): "int32_t", np.dtype(np.uint32): "uint32_t"}
 _STRUCTS = {"vs_conv2d": "vs_conv_params", "vs_conv2d_sparse": "vs_conv_params",
             "vs_depthwise_conv2d": "vs_depthwise_params", "vs_max_pool2d": "vs_pool_params",
-            "vs_average_pool2d": "vs_pool_params", "vs_add": "vs_add_params", "vs_pad": "vs_pad_params"}
+            "vs_average_pool2d": "vs_pool_params", "vs_add": "vs_add_params", "vs_pad": "vs_pad_params",
+            "vs_softmax": "vs_softmax_params", "vs_rescale": "vs_rescale_params", "vs_mean": "vs_mean_params",
+            "vs_concatenation": "vs_concat_params"}
 
 
 def c_array(name: str, a: np.ndarray, storage: str = "static const", per_line: int = 24) -> str:
@@ -84,7 +86,7 @@ def model_c(prog: Program, plan: Plan, source: str) -> str:
     calls = []
     for k, l in enumerate(prog.layers):
         if k in plan.skipped:
-            calls.append(f"    /* layer {k}: RESHAPE shares its input's bytes */")
+            calls.append(f"    /* layer {k}: {l.op} shares its input's bytes */")
             continue
         parts.append(f"/* {_describe(prog, k, l)} */\n")
         p = f"l{k}"
@@ -100,8 +102,12 @@ def model_c(prog: Program, plan: Plan, source: str) -> str:
             calls.append(f"    vs_reshape({l.params['size']}, {ins[0]}, {out});")
             continue
         fields = [f".{k2} = {v}" for k2, v in l.params.items()]
-        fields += [f".{name} = {p}_{name}" for name in ("bias", "mult", "shift") if name in l.arrays]
+        fields += [f".{name} = {p}_{name}" for name in ("bias", "mult", "shift", "block") if name in l.arrays]
         parts.append(f"static const {_STRUCTS[l.kernel]} {p}_params = {{\n    " + ",\n    ".join(fields) + "\n};\n\n")
+        if l.kernel == "vs_concatenation":
+            calls.append(f"    {{\n        const int8_t *const in[] = {{ {', '.join(ins)} }};\n"
+                         f"        vs_concatenation(&{p}_params, in, {out});\n    }}")
+            continue
         weights = {"vs_conv2d": [f"{p}_weights"], "vs_conv2d_sparse": [f"&{p}_weights"],
                    "vs_depthwise_conv2d": [f"{p}_weights"]}.get(l.kernel, [])
         args = weights + ins + [out]

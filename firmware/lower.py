@@ -14,14 +14,17 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from verisparse.errors import VeriSparseError
-from verisparse.fixedpoint import activation_range, checked_multipliers
+from verisparse.fixedpoint import activation_range, checked_multipliers, quantize_multiplier
 from verisparse.tflite_graph import Graph, Operator, Tensor, check_quantization, spatial_paddings
 
+from .shapes import FOLDABLE, fold_static_shapes
 from .sparse import SparseWeights, choose
 
 # the supported ops and the inputs each must have (a bias, the third input of the weighted ops, may be absent)
 _REQUIRED_INPUTS = {"CONV_2D": 2, "DEPTHWISE_CONV_2D": 2, "FULLY_CONNECTED": 2, "AVERAGE_POOL_2D": 1,
-                    "MAX_POOL_2D": 1, "ADD": 2, "PAD": 2, "RESHAPE": 1, "QUANTIZE": 1, "DEQUANTIZE": 1}
+                    "MAX_POOL_2D": 1, "ADD": 2, "PAD": 2, "RESHAPE": 1, "QUANTIZE": 1, "DEQUANTIZE": 1,
+                    "SOFTMAX": 1, "MEAN": 2, "RELU": 1, "RELU6": 1, "LEAKY_RELU": 1, "CONCATENATION": 1,
+                    "SQUEEZE": 1, "EXPAND_DIMS": 1}
 SUPPORTED = tuple(_REQUIRED_INPUTS)
 ADD_LEFT_SHIFT = 20  # TFLM's headroom for int8 ADD
 # params fields the kernels hold in uint16_t (vs_kernels.h); every other scalar field is int32_t
@@ -46,6 +49,7 @@ class Layer:
     nonzero_weights: int = 0
     dense_macs: int = 0
     effective_macs: int = 0
+    litert_differs: bool = False  # LiteRT's reference kernel computes this op differently from TFLM
 
 
 @dataclass
@@ -277,10 +281,132 @@ def _pad(g, k, op):
 
 
 def _reshape(g, k, op):
+    """RESHAPE, SQUEEZE and EXPAND_DIMS: the bytes stay as they are."""
     x, y = g.tensors[op.inputs[0]], g.tensors[op.outputs[0]]
     if int(np.prod(x.shape)) != int(np.prod(y.shape)):
-        raise VeriSparseError(f"operator {k} (RESHAPE): {x.shape} and {y.shape} differ in size")
-    return Layer("vs_reshape", "RESHAPE", [x.index], y.index, dict(size=int(np.prod(y.shape))))
+        raise VeriSparseError(f"operator {k} ({op.opcode}): {x.shape} and {y.shape} differ in size")
+    return Layer("vs_reshape", op.opcode, [x.index], y.index, dict(size=int(np.prod(y.shape))))
+
+
+def _same_size(x: Tensor, y: Tensor, where):
+    if x.shape != y.shape:
+        raise VeriSparseError(f"{where}: input {x.shape} and output {y.shape} must have the same shape")
+    return int(np.prod(y.shape))
+
+
+def _softmax(g, k, op):
+    x, y = g.tensors[op.inputs[0]], g.tensors[op.outputs[0]]
+    where = f"operator {k} (SOFTMAX)"
+    size = _same_size(x, y, where)
+    depth = x.shape[-1] if x.shape else 1
+    if int(y.zero_point[0]) != -128 or np.float32(y.scale[0]) != np.float32(1 / 256):
+        raise VeriSparseError(f"{where}: the int8 output must have scale 1/256 and zero point -128 (TFLM's int8 "
+                              f"SOFTMAX refuses anything else); it has {float(y.scale[0]):g} and "
+                              f"{int(y.zero_point[0])}: re-convert the model with the TFLite converter")
+    if depth > 4096:  # the Q12.19 sum of exps, each at most 2^19, stays below 2^31
+        raise VeriSparseError(f"{where}: {depth} classes; the fixed-point sum overflows over 4096")
+    # TFLM's PreprocessSoftmaxScaling: beta * input_scale into Q5.26, capped below 2^31
+    real = min(float(op.options.get("beta", 0.0)) * float(x.scale[0]) * (1 << 26), (1 << 31) - 1.0)
+    if not real > 1.0:
+        raise VeriSparseError(f"{where}: beta * input scale * 2^26 = {real:g} is not above 1 (TFLM refuses "
+                              "such a model); the input scale or beta is implausibly small: re-export the model")
+    mult, shift = quantize_multiplier(real)
+    # TFLM's CalculateInputRadius(5, shift): the largest difference whose scaled value fits Q5.26
+    diff_min = -int(np.floor(31.0 * (1 << 26) / (1 << shift)))
+    return Layer("vs_softmax", "SOFTMAX", [x.index], y.index,
+                 dict(outer=size // max(depth, 1), depth=depth, input_mult=mult, input_left_shift=shift,
+                      diff_min=diff_min))
+
+
+def _requantize_layer(op, x, y, pos, neg, lo, hi, in_offset=None, out_offset=None):
+    return Layer("vs_rescale", op.opcode, [x.index], y.index,
+                 dict(size=int(np.prod(y.shape)), in_offset=-int(x.zero_point[0]) if in_offset is None else in_offset,
+                      pos_mult=int(pos[0]), pos_shift=int(pos[1]), neg_mult=int(neg[0]), neg_shift=int(neg[1]),
+                      out_offset=int(y.zero_point[0]) if out_offset is None else out_offset, act_min=lo, act_max=hi))
+
+
+def _round_half_away(v) -> int:
+    v = float(v)
+    return int(np.sign(v) * np.floor(abs(v) + 0.5))
+
+
+def _activation(g, k, op):
+    """QUANTIZE int8 -> int8, RELU, RELU6, LEAKY_RELU, with the multipliers TFLM prepares for each
+    (float32 or double ratios exactly as it computes them)."""
+    x, y = g.tensors[op.inputs[0]], g.tensors[op.outputs[0]]
+    where = f"operator {k} ({op.opcode})"
+    _same_size(x, y, where)
+    sx, sy = np.float32(x.scale[0]), np.float32(y.scale[0])
+    if op.opcode == "QUANTIZE":  # TFLM's Requantize: double ratio
+        (m,), (s,) = checked_multipliers([float(sx) / float(sy)], where)
+        return _requantize_layer(op, x, y, (m, s), (m, s), -128, 127)
+    if op.opcode == "RELU":  # ReluQuantized: float32 ratio, clamp at the output's zero
+        (m,), (s,) = checked_multipliers([float(sx / sy)], where)
+        return _requantize_layer(op, x, y, (m, s), (m, s), max(-128, int(y.zero_point[0])), 127)
+    if op.opcode == "RELU6":  # Relu6Quantized clamps the raw input between its 0 and 6
+        zero = int(x.zero_point[0])
+        six = min(127, max(-128, _round_half_away(np.float32(6.0) / sx) + zero))
+        identity = (1 << 30, 1)  # x * 2^30 * 2 / 2^31 = x exactly
+        layer = _requantize_layer(op, x, y, identity, identity, zero, six, in_offset=0, out_offset=0)
+        # LiteRT rescales to the output's quantization, TFLM does not
+        layer.litert_differs = (float(sx), int(x.zero_point[0])) != (float(sy), int(y.zero_point[0]))
+        return layer
+    alpha = np.float32(op.options.get("alpha", 0.0))
+    if not alpha >= 0:
+        raise VeriSparseError(f"{where}: alpha {float(alpha):g}; only LEAKY_RELU with alpha >= 0 is supported")
+    (mi, ma), (si, sa) = checked_multipliers([float(sx / sy), float(sx * alpha / sy)], where)
+    return _requantize_layer(op, x, y, (mi, si), (ma, sa), -128, 127)
+
+
+def _mean(g, k, op):
+    x, y = g.tensors[op.inputs[0]], g.tensors[op.outputs[0]]
+    where = f"operator {k} (MEAN)"
+    axes = g.tensors[op.inputs[1]].data
+    if axes is None or axes.dtype != np.int32:
+        raise VeriSparseError(f"{where}: the axes must be a constant int32 tensor")
+    rank = len(x.shape)
+    axes = sorted({int(a) + rank if a < 0 else int(a) for a in axes.ravel()})
+    if not axes or axes[0] < 0 or axes[-1] >= rank or axes != list(range(axes[0], axes[-1] + 1)):
+        raise VeriSparseError(f"{where}: MEAN over axes {axes} of {x.shape}; only adjacent axes are supported "
+                              "(global average pooling reduces height and width)")
+    outer, reduce = int(np.prod(x.shape[:axes[0]])), int(np.prod(x.shape[axes[0]:axes[-1] + 1]))
+    inner = int(np.prod(x.shape[axes[-1] + 1:]))
+    if int(np.prod(y.shape)) != outer * inner:
+        raise VeriSparseError(f"{where}: {x.shape} reduced over {axes} is not {y.shape}")
+    (m,), (s,) = checked_multipliers([float(x.scale[0]) / float(y.scale[0])], where)
+    # TFLM folds 1/count into the multiplier: count <= 2^n, n = floor(log2 count) capped at 32 and 31 + shift
+    n = min(reduce.bit_length() - 1, 32, 31 + int(s))
+    mult = (int(m) << n) // reduce
+    return Layer("vs_mean", "MEAN", [x.index], y.index,
+                 dict(outer=outer, reduce=reduce, inner=inner, sum_offset=-int(x.zero_point[0]) * reduce,
+                      mult=mult, shift=int(s) - n, out_offset=int(y.zero_point[0])))
+
+
+def _concatenation(g, k, op):
+    ins, y = [g.tensors[i] for i in op.inputs], g.tensors[op.outputs[0]]
+    where = f"operator {k} (CONCATENATION)"
+    rank = len(y.shape)
+    axis = op.options.get("axis", 0)
+    axis = axis + rank if axis < 0 else axis
+    if not 0 <= axis < rank or any(len(t.shape) != rank for t in ins):
+        raise VeriSparseError(f"{where}: axis {op.options.get('axis')} does not fit the shapes")
+    if op.options.get("fused_activation", "NONE") != "NONE":
+        raise VeriSparseError(f"{where}: a fused activation on CONCATENATION is not supported")
+    for t in ins:
+        _check_int8(t, "input", where)
+        if np.float32(t.scale[0]) != np.float32(y.scale[0]) or int(t.zero_point[0]) != int(y.zero_point[0]):
+            raise VeriSparseError(f"{where}: input {t.name!r} has scale {float(t.scale[0]):g} and zero point "
+                                  f"{int(t.zero_point[0])}, the output {float(y.scale[0]):g} and "
+                                  f"{int(y.zero_point[0])}; TFLM's int8 CONCATENATION refuses inputs that need "
+                                  "requantization: re-convert the model with the TFLite converter, which gives "
+                                  "them one scale")
+        if t.shape[:axis] + t.shape[axis + 1:] != y.shape[:axis] + y.shape[axis + 1:]:
+            raise VeriSparseError(f"{where}: {t.shape} cannot be concatenated into {y.shape} along axis {axis}")
+    if sum(t.shape[axis] for t in ins) != y.shape[axis]:
+        raise VeriSparseError(f"{where}: the inputs' sizes along axis {axis} do not add up to {y.shape}")
+    block = np.array([int(np.prod(t.shape[axis:])) for t in ins], np.uint32)
+    return Layer("vs_concatenation", "CONCATENATION", [t.index for t in ins], y.index,
+                 dict(outer=int(np.prod(y.shape[:axis])), count=len(ins)), dict(block=block))
 
 
 def _nhwc(t: Tensor, where):
@@ -300,18 +426,26 @@ def _check_fields(layer: Layer, where):
 
 
 _LOWER = {"CONV_2D": _conv, "DEPTHWISE_CONV_2D": _depthwise, "FULLY_CONNECTED": _fully_connected,
-          "AVERAGE_POOL_2D": _pool, "MAX_POOL_2D": _pool, "ADD": _add, "PAD": _pad, "RESHAPE": _reshape}
+          "AVERAGE_POOL_2D": _pool, "MAX_POOL_2D": _pool, "ADD": _add, "PAD": _pad, "RESHAPE": _reshape,
+          "SQUEEZE": _reshape, "EXPAND_DIMS": _reshape, "SOFTMAX": _softmax, "MEAN": _mean, "RELU": _activation,
+          "RELU6": _activation, "LEAKY_RELU": _activation, "QUANTIZE": _activation, "CONCATENATION": _concatenation}
 
 
 def lower(g: Graph) -> Program:
     if len(g.inputs) != 1 or len(g.outputs) != 1:
         raise VeriSparseError(f"the model has {len(g.inputs)} inputs and {len(g.outputs)} outputs; "
                               "the firmware supports one of each")
-    for k, op in enumerate(g.operators):
+    g, folded = fold_static_shapes(g)
+    ops = [(k, op) for k, op in enumerate(g.operators) if k not in folded]
+    for k, op in ops:
         if op.opcode not in SUPPORTED:
-            raise VeriSparseError(f"operator {k} is {op.opcode}, which the firmware does not support "
-                                  f"(supported: {', '.join(SUPPORTED)})")
-    ops = list(enumerate(g.operators))
+            out = g.tensors[op.outputs[0]].name if op.outputs else "none"
+            how = ("it computes a shape from tensors that are not constant; give the model a fixed batch size of 1 "
+                   "(e.g. keras.Input(shape, batch_size=1)) and convert again" if op.opcode in FOLDABLE else
+                   "replace the layer that produces it with supported ones, or cut the model before it")
+            raise VeriSparseError(f"operator {k} is {op.opcode} (output tensor {out!r}), which the firmware does not "
+                                  f"support: {how} (supported: {', '.join(SUPPORTED)}; evaluated at generation "
+                                  f"time on constant shapes: {', '.join(FOLDABLE)})")
     inp, out = g.tensors[g.inputs[0]], g.tensors[g.outputs[0]]
     float_in = float_out = False
     if ops and ops[0][1].opcode == "QUANTIZE" and ops[0][1].inputs[:1] == [inp.index] and len(ops[0][1].outputs) == 1 \
@@ -323,8 +457,9 @@ def lower(g: Graph) -> Program:
         float_out, out = True, g.tensors[ops[-1][1].inputs[0]]
         ops = ops[:-1]
     for k, op in ops:
-        if op.opcode in ("QUANTIZE", "DEQUANTIZE"):
-            _fail(k, op, "supported only at the model's input (QUANTIZE) and output (DEQUANTIZE)")
+        if op.opcode == "DEQUANTIZE" or (op.opcode == "QUANTIZE" and g.tensors[op.inputs[0]].dtype != np.int8):
+            _fail(k, op, "supported only at the model's input (QUANTIZE from float) and output (DEQUANTIZE); "
+                         "inside the model only int8 -> int8 QUANTIZE runs")
     _check_int8(inp, "input", "the model")
     _check_int8(out, "output", "the model")
     for t, what in ((inp, "input"), (out, "output")):
@@ -332,10 +467,11 @@ def lower(g: Graph) -> Program:
     layers = []
     for k, op in ops:
         where = f"operator {k} ({op.opcode})"
-        need = _REQUIRED_INPUTS[op.opcode]
+        need = len(op.inputs) if op.opcode == "CONCATENATION" else _REQUIRED_INPUTS[op.opcode]
         if len(op.inputs) < need or min(op.inputs[:need]) < 0 or len(op.outputs) != 1:
             _fail(k, op, f"{need} inputs and one output expected")
-        acts = [op.inputs[0], *op.outputs] + ([op.inputs[1]] if op.opcode == "ADD" else [])
+        acts = [op.inputs[0], *op.outputs] + ([op.inputs[1]] if op.opcode == "ADD" else []) \
+            + (op.inputs[1:] if op.opcode == "CONCATENATION" else [])
         for t in acts:
             _check_int8(g.tensors[t], "tensor", where)
             if not np.prod(g.tensors[t].shape):

@@ -119,14 +119,64 @@ def keras_hybrid() -> bytes:
     return conv.convert()
 
 
-def keras_softmax() -> bytes:
-    """An int8 model ending in SOFTMAX, an op the firmware does not support."""
+def keras_unsupported() -> bytes:
+    """An int8 model with TRANSPOSE (Keras' Permute), an op the firmware does not support."""
     import tensorflow as tf
     from tensorflow.keras import layers
 
     tf.keras.utils.set_random_seed(4)
-    model = tf.keras.Sequential([layers.Input((4,)), layers.Dense(3), layers.Softmax()])
-    return _convert(model, (4,))
+    model = tf.keras.Sequential([layers.Input((4, 3), batch_size=1), layers.Permute((2, 1)), layers.Flatten(),
+                                 layers.Dense(3)])
+    return _convert(model, (4, 3))
 
 
-KERAS_MODELS = {"keras_cnn": keras_cnn, "keras_residual": keras_residual, "keras_mlp": keras_mlp}
+def keras_heads() -> bytes:
+    """Concatenate (two branches), standalone RELU, RELU6 and LEAKY_RELU, GlobalAveragePooling2D
+    (MEAN over height and width), SQUEEZE and EXPAND_DIMS, SOFTMAX at the end."""
+    import tensorflow as tf
+    from tensorflow.keras import layers
+
+    tf.keras.utils.set_random_seed(6)
+    x = inp = layers.Input((6, 6, 3), batch_size=1)
+    a = layers.Conv2D(6, 3, padding="same")(x)
+    b = layers.DepthwiseConv2D(3, padding="same")(x)
+    x = layers.Concatenate()([a, b, x])  # the input itself at its own scale: a requantizing QUANTIZE
+    x = layers.ReLU()(x)
+    c = layers.Conv2D(4, 1)(x)
+    c = layers.LeakyReLU(negative_slope=0.2)(c)
+    d = layers.Conv2D(4, 1)(x)
+    x = layers.Concatenate(axis=2)([c, d])
+    x = layers.ReLU(6.0)(x)
+    x = layers.GlobalAveragePooling2D(keepdims=True)(x)
+    x = layers.Lambda(lambda t: tf.squeeze(t, axis=[1, 2]))(x)
+    x = layers.Lambda(lambda t: tf.expand_dims(t, 1))(x)
+    x = layers.Conv1D(5, 1)(x)
+    x = layers.Flatten()(x)
+    x = layers.Softmax()(x)
+    model = tf.keras.Model(inp, x)
+    _perturb(model, 0.0)
+    return _convert(model, (6, 6, 3))
+
+
+def keras_dynamic_batch() -> bytes:
+    """Converted with a dynamic batch (no batch_size): Flatten becomes SHAPE -> STRIDED_SLICE ->
+    PACK -> RESHAPE; with DepthwiseConv2D, GlobalAveragePooling2D (then SQUEEZE), Concatenate and Softmax."""
+    import tensorflow as tf
+    from tensorflow.keras import layers
+
+    tf.keras.utils.set_random_seed(7)
+    x = inp = layers.Input((8, 8, 2))
+    a = layers.DepthwiseConv2D(3, depth_multiplier=2, padding="same", activation="relu")(x)
+    g = layers.GlobalAveragePooling2D(keepdims=True)(a)
+    g = layers.Lambda(lambda t: tf.squeeze(t, axis=[1, 2]))(g)
+    f = layers.Flatten()(layers.Conv2D(3, 3, strides=2, activation="relu")(a))
+    x = layers.Concatenate()([g, f])
+    x = layers.Dense(6)(x)
+    x = layers.Softmax()(x)
+    model = tf.keras.Model(inp, x)
+    _perturb(model, 0.0)
+    return _convert(model, (8, 8, 2))
+
+
+KERAS_MODELS = {"keras_cnn": keras_cnn, "keras_residual": keras_residual, "keras_mlp": keras_mlp,
+                "keras_heads": keras_heads, "keras_dynamic_batch": keras_dynamic_batch}

@@ -174,7 +174,7 @@ def _options(opcode: str, op: _Table) -> dict:
 
     expected = {"CONV_2D": 1, "DEPTHWISE_CONV_2D": 2, "AVERAGE_POOL_2D": 5, "MAX_POOL_2D": 5, "L2_POOL_2D": 5,
                 "FULLY_CONNECTED": 8, "SOFTMAX": 9, "CONCATENATION": 10, "ADD": 11, "RESHAPE": 17, "SUB": 28,
-                "MUL": 21}.get(opcode)
+                "MUL": 21, "GATHER": 23, "STRIDED_SLICE": 32, "PACK": 59, "LEAKY_RELU": 75}.get(opcode)
     if expected is None:
         return {}
     if kind not in (0, expected):
@@ -198,6 +198,15 @@ def _options(opcode: str, op: _Table) -> dict:
         return dict(beta=get(0, "f", 0.0))
     if opcode == "CONCATENATION":
         return dict(axis=get(0, "i", 0), fused_activation=act(1))
+    if opcode == "GATHER":
+        return dict(axis=get(0, "i", 0), batch_dims=get(1, "i", 0))
+    if opcode == "STRIDED_SLICE":
+        return dict(begin_mask=get(0, "i", 0), end_mask=get(1, "i", 0), ellipsis_mask=get(2, "i", 0),
+                    new_axis_mask=get(3, "i", 0), shrink_axis_mask=get(4, "i", 0), offset=bool(get(5, "B", 0)))
+    if opcode == "PACK":
+        return dict(values_count=get(0, "i", 0), axis=get(1, "i", 0))
+    if opcode == "LEAKY_RELU":
+        return dict(alpha=get(0, "f", 0.0))
     shape = None if o is None else o.vector(0, np.int32)
     return dict(new_shape=None if shape is None else tuple(int(s) for s in shape))
 

@@ -41,4 +41,77 @@ static inline int8_t vs_requantize(int32_t acc, int32_t mult, int32_t shift, int
     return (int8_t)v;
 }
 
+/* gemmlowp's fixed-point primitives on int32, as TFLM's SOFTMAX, LOGISTIC and TANH use them.
+ * A Qm value holds m integer bits and 31 - m fractional bits. Sums wrap like the int32
+ * adds of the reference code (they never overflow on the paths the kernels take). */
+static inline int32_t vs_wrap_add(int32_t a, int32_t b)
+{
+    return (int32_t)((uint32_t)a + (uint32_t)b);
+}
+
+/* a * b / 2^31, ties up; -1 * -1 saturates (gemmlowp's SaturatingRoundingDoublingHighMul) */
+static inline int32_t vs_srdhm(int32_t a, int32_t b)
+{
+    if (a == INT32_MIN && b == INT32_MIN) return INT32_MAX;
+    return (int32_t)(((int64_t)a * b + (INT64_C(1) << 30)) >> 31);
+}
+
+/* x / 2^e, ties away from zero (RoundingDivideByPOT), 0 <= e <= 31 */
+static inline int32_t vs_rdbpot(int32_t x, int32_t e)
+{
+    const int32_t mask = (int32_t)((UINT32_C(1) << e) - 1);
+    const int32_t threshold = (mask >> 1) + (x < 0);
+    return (x >> e) + ((x & mask) > threshold);
+}
+
+/* x * 2^e, saturating, 0 < e < 31 (SaturatingRoundingMultiplyByPOT with a positive exponent) */
+static inline int32_t vs_sat_shl(int32_t x, int32_t e)
+{
+    const int32_t threshold = (int32_t)((UINT32_C(1) << (31 - e)) - 1);
+    if (x > threshold) return INT32_MAX;
+    if (x < -threshold) return INT32_MIN;
+    return (int32_t)((uint32_t)x << e);
+}
+
+/* exp(a) for a Q0 value a in [-1/4, 0): Taylor series around -1/8; returns Q0 */
+static inline int32_t vs_exp_quarter(int32_t a)
+{
+    const int32_t exp_minus_eighth = 1895147668, one_third = 715827883;
+    const int32_t x = vs_wrap_add(a, 1 << 28);
+    const int32_t x2 = vs_srdhm(x, x), x3 = vs_srdhm(x2, x), x4 = vs_srdhm(x2, x2);
+    const int32_t x4_over_4 = vs_rdbpot(x4, 2);
+    const int32_t poly = vs_rdbpot(vs_wrap_add(vs_srdhm(vs_wrap_add(x4_over_4, x3), one_third), x2), 1);
+    return vs_wrap_add(exp_minus_eighth, vs_srdhm(exp_minus_eighth, vs_wrap_add(x, poly)));
+}
+
+/* exp(a) for a Q(int_bits) value a <= 0, 0 < int_bits <= 5; returns Q0 (exp(0) is 2^31 - 1).
+ * a = -(k/4 + r) with r in (0, 1/4]: exp(-r) from the series, then one factor exp(-2^j)
+ * per set bit of the remainder (gemmlowp's exp_on_negative_values). */
+static inline int32_t vs_exp_on_negative_values(int32_t a, int32_t int_bits)
+{
+    static const int32_t factor[7] = {1672461947, 1302514674, 790015084, 290630308, 39332535, 720401, 242};
+    const int32_t frac_bits = 31 - int_bits;
+    const int32_t quarter = 1 << (frac_bits - 2);
+    const int32_t a_mod_quarter_minus_quarter = (int32_t)((uint32_t)(a & (quarter - 1)) - (uint32_t)quarter);
+    int32_t result = vs_exp_quarter(vs_sat_shl(a_mod_quarter_minus_quarter, int_bits));
+    const int32_t remainder = (int32_t)((uint32_t)a_mod_quarter_minus_quarter - (uint32_t)a);
+    for (int32_t j = -2; j <= 4 && j < int_bits; ++j)
+        if (remainder & (int32_t)(UINT32_C(1) << (frac_bits + j))) result = vs_srdhm(result, factor[j + 2]);
+    return a == 0 ? INT32_MAX : result;
+}
+
+/* 1 / (1 + a) for a Q0 value a in [0, 1): Newton-Raphson in Q2; returns Q0 */
+static inline int32_t vs_one_over_one_plus_x(int32_t a)
+{
+    const int32_t c48_17 = 1515870810, cm32_17 = -1010580540, one_q2 = 1 << 29;
+    const int64_t sum = (int64_t)a + INT32_MAX;
+    const int32_t half_den = (int32_t)((sum + (sum >= 0 ? 1 : -1)) / 2);
+    int32_t x = vs_wrap_add(c48_17, vs_srdhm(half_den, cm32_17));
+    for (int i = 0; i < 3; ++i) {
+        const int32_t one_minus = (int32_t)((uint32_t)one_q2 - (uint32_t)vs_srdhm(half_den, x));
+        x = vs_wrap_add(x, vs_sat_shl(vs_srdhm(x, one_minus), 2));
+    }
+    return vs_sat_shl(x, 1);
+}
+
 #endif

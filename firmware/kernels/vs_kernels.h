@@ -84,6 +84,39 @@ void vs_max_pool2d(const vs_pool_params *p, const int8_t *in, int8_t *out);
 void vs_average_pool2d(const vs_pool_params *p, const int8_t *in, int8_t *out);
 void vs_add(const vs_add_params *p, const int8_t *in1, const int8_t *in2, int8_t *out);
 void vs_pad(const vs_pad_params *p, const int8_t *in, int8_t *out);
+/* SOFTMAX along the last dimension (depth), int8 output of scale 1/256 and zero point -128 */
+typedef struct {
+    uint32_t outer, depth;
+    int32_t input_mult, input_left_shift;  /* beta * input_scale * 2^26, as TFLM prepares it */
+    int32_t diff_min;                      /* differences to the row maximum below this give 0 */
+} vs_softmax_params;
+
+/* QUANTIZE int8 -> int8, RELU, RELU6, LEAKY_RELU: clamp(out_offset + M * (x - zp_in)), M =
+ * pos_mult/pos_shift at or above the input zero point, neg_mult/neg_shift below it */
+typedef struct {
+    uint32_t size;
+    int32_t in_offset;  /* -(input zero point) */
+    int32_t pos_mult, pos_shift, neg_mult, neg_shift;
+    int32_t out_offset, act_min, act_max;
+} vs_rescale_params;
+
+/* MEAN over the middle dimension of [outer][reduce][inner] */
+typedef struct {
+    uint32_t outer, reduce, inner;
+    int32_t sum_offset;  /* -(input zero point) * reduce */
+    int32_t mult, shift, out_offset;
+} vs_mean_params;
+
+/* CONCATENATION: output = for each of outer: block[0] bytes of input 0, block[1] of input 1, ... */
+typedef struct {
+    uint32_t outer, count;
+    const uint32_t *block;  /* [count] bytes per input per outer index */
+} vs_concat_params;
+
+void vs_softmax(const vs_softmax_params *p, const int8_t *in, int8_t *out);
+void vs_rescale(const vs_rescale_params *p, const int8_t *in, int8_t *out);
+void vs_mean(const vs_mean_params *p, const int8_t *in, int8_t *out);
+void vs_concatenation(const vs_concat_params *p, const int8_t *const *in, int8_t *out);
 /* RESHAPE only moves bytes, and only when its output cannot share its input's buffer. */
 void vs_reshape(size_t size, const int8_t *in, int8_t *out);
 
