@@ -119,6 +119,16 @@ def keras_hybrid() -> bytes:
     return conv.convert()
 
 
+def keras_softmax() -> bytes:
+    """A tiny int8 model ending in SOFTMAX."""
+    import tensorflow as tf
+    from tensorflow.keras import layers
+
+    tf.keras.utils.set_random_seed(4)
+    model = tf.keras.Sequential([layers.Input((4,)), layers.Dense(3), layers.Softmax()])
+    return _convert(model, (4,))
+
+
 def keras_unsupported() -> bytes:
     """An int8 model with TRANSPOSE (Keras' Permute), an op the firmware does not support."""
     import tensorflow as tf

@@ -64,9 +64,22 @@ def test_operators_and_options_match_schema(models):
                 assert (op.options["filter_h"], op.options["filter_w"]) == (o.filterHeight, o.filterWidth)
             if op.opcode in ("FULLY_CONNECTED", "ADD"):
                 assert op.options["fused_activation"] == acts[o.fusedActivationFunction]
+            if op.opcode == "SOFTMAX":
+                assert op.options["beta"] == o.beta
+            if op.opcode == "CONCATENATION":
+                assert (op.options["axis"], op.options["fused_activation"]) == (
+                    o.axis, acts[o.fusedActivationFunction])
+            if op.opcode == "LEAKY_RELU":
+                assert op.options["alpha"] == o.alpha
+            if op.opcode == "STRIDED_SLICE":
+                assert [op.options[k] for k in ("begin_mask", "end_mask", "ellipsis_mask", "new_axis_mask",
+                                                "shrink_axis_mask", "offset")] == [
+                    o.beginMask, o.endMask, o.ellipsisMask, o.newAxisMask, o.shrinkAxisMask, o.offset]
+            if op.opcode == "PACK":
+                assert (op.options["values_count"], op.options["axis"]) == (o.valuesCount, o.axis)
     assert {op.opcode for d in models.values() for op in read_tflite(d).operators} >= {
         "CONV_2D", "DEPTHWISE_CONV_2D", "MAX_POOL_2D", "AVERAGE_POOL_2D", "RESHAPE", "FULLY_CONNECTED", "ADD",
-        "QUANTIZE", "DEQUANTIZE"}
+        "QUANTIZE", "DEQUANTIZE", "SOFTMAX", "CONCATENATION", "LEAKY_RELU", "STRIDED_SLICE", "PACK", "SHAPE", "MEAN"}
 
 
 def test_reads_from_path(tmp_path, models):
