@@ -12,7 +12,10 @@ _STRUCTS = {"vs_conv2d": "vs_conv_params", "vs_conv2d_sparse": "vs_conv_params",
             "vs_depthwise_conv2d": "vs_depthwise_params", "vs_max_pool2d": "vs_pool_params",
             "vs_average_pool2d": "vs_pool_params", "vs_add": "vs_add_params", "vs_pad": "vs_pad_params",
             "vs_softmax": "vs_softmax_params", "vs_rescale": "vs_rescale_params", "vs_mean": "vs_mean_params",
-            "vs_concatenation": "vs_concat_params"}
+            "vs_concatenation": "vs_concat_params", "vs_logistic": "vs_squash_params", "vs_tanh": "vs_squash_params",
+            "vs_mul": "vs_binary_params", "vs_sub": "vs_binary_params", "vs_maximum": "vs_binary_params",
+            "vs_minimum": "vs_binary_params"}
+_BINARY = ("vs_mul", "vs_sub", "vs_maximum", "vs_minimum")
 
 
 def c_array(name: str, a: np.ndarray, storage: str = "static const", per_line: int = 24) -> str:
@@ -101,7 +104,8 @@ def model_c(prog: Program, plan: Plan, source: str) -> str:
         if l.kernel == "vs_reshape":
             calls.append(f"    vs_reshape({l.params['size']}, {ins[0]}, {out});")
             continue
-        fields = [f".{k2} = {v}" for k2, v in l.params.items()]
+        fields = [f".{k2} = {{{', '.join(map(str, v))}}}" if isinstance(v, tuple) else f".{k2} = {v}"
+                  for k2, v in l.params.items()]
         fields += [f".{name} = {p}_{name}" for name in ("bias", "mult", "shift", "block") if name in l.arrays]
         parts.append(f"static const {_STRUCTS[l.kernel]} {p}_params = {{\n    " + ",\n    ".join(fields) + "\n};\n\n")
         if l.kernel == "vs_concatenation":
@@ -110,6 +114,9 @@ def model_c(prog: Program, plan: Plan, source: str) -> str:
             continue
         weights = {"vs_conv2d": [f"{p}_weights"], "vs_conv2d_sparse": [f"&{p}_weights"],
                    "vs_depthwise_conv2d": [f"{p}_weights"]}.get(l.kernel, [])
+        if l.kernel in _BINARY:  # a constant operand is a const array in flash
+            acts = iter(ins)
+            ins = [f"{p}_in{j}" if f"in{j}" in l.arrays else next(acts) for j in (1, 2)]
         args = weights + ins + [out]
         if l.kernel.startswith("vs_conv2d"):
             args.append(_pointer(plan.where[("scratch", k)]) if l.scratch_bytes else "0")

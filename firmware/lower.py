@@ -9,6 +9,7 @@ and returns the int8 tensors next to them (model.h gives their scales and zero p
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,7 +25,8 @@ from .sparse import SparseWeights, choose
 _REQUIRED_INPUTS = {"CONV_2D": 2, "DEPTHWISE_CONV_2D": 2, "FULLY_CONNECTED": 2, "AVERAGE_POOL_2D": 1,
                     "MAX_POOL_2D": 1, "ADD": 2, "PAD": 2, "RESHAPE": 1, "QUANTIZE": 1, "DEQUANTIZE": 1,
                     "SOFTMAX": 1, "MEAN": 2, "RELU": 1, "RELU6": 1, "LEAKY_RELU": 1, "CONCATENATION": 1,
-                    "SQUEEZE": 1, "EXPAND_DIMS": 1}
+                    "SQUEEZE": 1, "EXPAND_DIMS": 1, "LOGISTIC": 1, "TANH": 1, "MUL": 2, "SUB": 2, "MAXIMUM": 2,
+                    "MINIMUM": 2}
 SUPPORTED = tuple(_REQUIRED_INPUTS)
 ADD_LEFT_SHIFT = 20  # TFLM's headroom for int8 ADD
 # params fields the kernels hold in uint16_t (vs_kernels.h); every other scalar field is int32_t
@@ -409,6 +411,78 @@ def _concatenation(g, k, op):
                  dict(outer=int(np.prod(y.shape[:axis])), count=len(ins)), dict(block=block))
 
 
+def _squash(g, k, op):
+    """LOGISTIC and TANH: TFLM scales the input into Q4.27 with a multiplier from frexp (no
+    QuantizeMultiplier) and saturates beyond CalculateInputRadius(4, shift)."""
+    x, y = g.tensors[op.inputs[0]], g.tensors[op.outputs[0]]
+    where = f"operator {k} ({op.opcode})"
+    size = _same_size(x, y, where)
+    if op.opcode == "LOGISTIC" and int(y.zero_point[0]) != -128:
+        raise VeriSparseError(f"{where}: the int8 output's zero point must be -128 (TFLM refuses others); it is "
+                              f"{int(y.zero_point[0])}: re-convert the model with the TFLite converter")
+    frac, shift = math.frexp(float(x.scale[0]) * (1 << 27))
+    mult = math.floor(frac * (1 << 31) + 0.5)
+    if mult >= 1 << 31 or not 0 <= shift <= 30:
+        raise VeriSparseError(f"{where}: input scale {float(x.scale[0]):g} is outside what TFLM's fixed-point "
+                              f"{op.opcode} handles; re-export the model")
+    radius = math.floor(15.0 * (1 << 27) / (1 << shift))
+    return Layer("vs_logistic" if op.opcode == "LOGISTIC" else "vs_tanh", op.opcode, [x.index], y.index,
+                 dict(size=size, in_zero_point=int(x.zero_point[0]), range_radius=radius, input_mult=mult,
+                      input_shift=shift))
+
+
+def _broadcast_strides(t: Tensor, dims: tuple, where) -> tuple:
+    """Element strides of t over the 4-D output dims, 0 along the dimensions t broadcasts."""
+    shape = (1,) * (4 - len(t.shape)) + tuple(t.shape)
+    if len(shape) != 4:
+        raise VeriSparseError(f"{where}: tensor {t.name!r} of shape {t.shape} has more than 4 dimensions")
+    strides, step = [0] * 4, 1
+    for d in (3, 2, 1, 0):
+        if shape[d] == dims[d]:
+            strides[d] = step if shape[d] > 1 else 0
+        elif shape[d] != 1:
+            raise VeriSparseError(f"{where}: {t.shape} does not broadcast to {dims}")
+        step *= shape[d]
+    return tuple(strides)
+
+
+def _binary(g, k, op):
+    """MUL, SUB, MAXIMUM, MINIMUM of two int8 tensors, either of which may broadcast or be constant."""
+    a, b, y = g.tensors[op.inputs[0]], g.tensors[op.inputs[1]], g.tensors[op.outputs[0]]
+    where = f"operator {k} ({op.opcode})"
+    if len(y.shape) > 4:
+        raise VeriSparseError(f"{where}: output of shape {y.shape}; at most 4 dimensions are supported")
+    dims = (1,) * (4 - len(y.shape)) + tuple(y.shape)
+    layer = Layer(f"vs_{op.opcode.lower()}", op.opcode, [t.index for t in (a, b) if t.data is None], y.index, {})
+    for j, t in enumerate((a, b), 1):
+        _check_int8(t, "input", where)
+        if t.data is not None:
+            layer.arrays[f"in{j}"] = np.ascontiguousarray(t.data)
+    if len(layer.inputs) == 0:
+        raise VeriSparseError(f"{where}: both inputs are constant; the converter folds such ops: re-convert")
+    sa, sb, sy = np.float32(a.scale[0]), np.float32(b.scale[0]), np.float32(y.scale[0])
+    lo, hi = activation_range(op.options.get("fused_activation", "NONE"), y.scale[0], y.zero_point[0], where)
+    arith = dict(in1_offset=-int(a.zero_point[0]), in2_offset=-int(b.zero_point[0]), left_shift=0, in1_mult=0,
+                 in1_shift=0, in2_mult=0, in2_shift=0, out_mult=0, out_shift=0, out_offset=int(y.zero_point[0]),
+                 act_min=lo, act_max=hi)
+    if op.opcode == "MUL":  # TFLM: double product of the scales over the output's
+        (m,), (s,) = checked_multipliers([float(sa) * float(sb) / float(sy)], where)
+        arith.update(out_mult=int(m), out_shift=int(s))
+    elif op.opcode == "SUB":  # TFLM: as ADD, in float32
+        twice_max = np.float32(2) * max(sa, sb)
+        real = [float(sa / twice_max), float(sb / twice_max),
+                float(twice_max / (np.float32(1 << ADD_LEFT_SHIFT) * sy))]
+        if real[2] >= 1.0:
+            raise VeriSparseError(f"{where}: output rescaling {real[2]:g} is not below 1 (TFLM refuses such a "
+                                  "model); the scales are inconsistent: re-export the model")
+        (m1, m2, mo), (s1, s2, so) = checked_multipliers(real, where)
+        arith.update(left_shift=ADD_LEFT_SHIFT, in1_mult=int(m1), in1_shift=int(s1), in2_mult=int(m2),
+                     in2_shift=int(s2), out_mult=int(mo), out_shift=int(so))
+    layer.params = dict(dims=dims, stride1=_broadcast_strides(a, dims, where),
+                        stride2=_broadcast_strides(b, dims, where), **arith)
+    return layer
+
+
 def _nhwc(t: Tensor, where):
     if len(t.shape) != 4 or t.shape[0] != 1:
         raise VeriSparseError(f"{where}: tensor {t.name!r} has shape {t.shape}; 4-D NHWC with batch 1 expected")
@@ -418,17 +492,20 @@ def _nhwc(t: Tensor, where):
 def _check_fields(layer: Layer, where):
     """Every scalar params field fits its C type (uint16_t or int32_t), so the emitted struct holds
     exactly the numbers computed here."""
-    for name, v in layer.params.items():
+    for name, value in layer.params.items():
         lo, hi = (0, 0xFFFF) if name in _UINT16_FIELDS else (-(1 << 31), (1 << 31) - 1)
-        if not lo <= v <= hi:
-            raise VeriSparseError(f"{where}: {name} = {v} is outside [{lo}, {hi}], the range the kernels hold "
-                                  "it in; the model is too large or inconsistent")
+        for v in value if isinstance(value, tuple) else (value,):
+            if not lo <= v <= hi:
+                raise VeriSparseError(f"{where}: {name} = {v} is outside [{lo}, {hi}], the range the kernels "
+                                      "hold it in; the model is too large or inconsistent")
 
 
 _LOWER = {"CONV_2D": _conv, "DEPTHWISE_CONV_2D": _depthwise, "FULLY_CONNECTED": _fully_connected,
           "AVERAGE_POOL_2D": _pool, "MAX_POOL_2D": _pool, "ADD": _add, "PAD": _pad, "RESHAPE": _reshape,
           "SQUEEZE": _reshape, "EXPAND_DIMS": _reshape, "SOFTMAX": _softmax, "MEAN": _mean, "RELU": _activation,
-          "RELU6": _activation, "LEAKY_RELU": _activation, "QUANTIZE": _activation, "CONCATENATION": _concatenation}
+          "RELU6": _activation, "LEAKY_RELU": _activation, "QUANTIZE": _activation, "CONCATENATION": _concatenation,
+          "LOGISTIC": _squash, "TANH": _squash, "MUL": _binary, "SUB": _binary, "MAXIMUM": _binary,
+          "MINIMUM": _binary}
 
 
 def lower(g: Graph) -> Program:

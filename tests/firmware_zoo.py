@@ -188,5 +188,31 @@ def keras_dynamic_batch() -> bytes:
     return _convert(model, (8, 8, 2))
 
 
+def keras_elementwise() -> bytes:
+    """MUL (same shape, broadcast from a squeeze-excite MEAN, and by a constant), SUB, MAXIMUM,
+    MINIMUM, LOGISTIC, TANH."""
+    import tensorflow as tf
+    from tensorflow.keras import layers
+
+    tf.keras.utils.set_random_seed(8)
+    x = inp = layers.Input((5, 5, 3), batch_size=1)
+    a = layers.Conv2D(4, 3, padding="same")(x)
+    b = layers.Conv2D(4, 1)(x)
+    m = layers.Multiply()([a, b])
+    d = layers.Subtract()([a, b])
+    hi = layers.Activation("sigmoid")(layers.Maximum()([m, d]))
+    lo = layers.Activation("tanh")(layers.Minimum()([m, d]))
+    se = layers.Activation("sigmoid")(layers.GlobalAveragePooling2D(keepdims=True)(a))
+    gated = layers.Multiply()([a, se])
+    scaled = layers.Lambda(lambda t: t * np.array([0.5, -1.5, 2.0, 0.25], np.float32))(b)
+    x = layers.Concatenate()([hi, lo, gated, scaled])
+    x = layers.Flatten()(x)
+    x = layers.Dense(6)(x)
+    model = tf.keras.Model(inp, x)
+    _perturb(model, 0.0)
+    return _convert(model, (5, 5, 3))
+
+
 KERAS_MODELS = {"keras_cnn": keras_cnn, "keras_residual": keras_residual, "keras_mlp": keras_mlp,
-                "keras_heads": keras_heads, "keras_dynamic_batch": keras_dynamic_batch}
+                "keras_heads": keras_heads, "keras_dynamic_batch": keras_dynamic_batch,
+                "keras_elementwise": keras_elementwise}

@@ -100,8 +100,8 @@ static inline int32_t vs_exp_on_negative_values(int32_t a, int32_t int_bits)
     return a == 0 ? INT32_MAX : result;
 }
 
-/* 1 / (1 + a) for a Q0 value a in [0, 1): Newton-Raphson in Q2; returns Q0 */
-static inline int32_t vs_one_over_one_plus_x(int32_t a)
+/* 2 / (1 + a) in Q2 for a Q0 value a in [0, 1): Newton-Raphson on the half denominator */
+static inline int32_t vs_two_over_one_plus_x_q2(int32_t a)
 {
     const int32_t c48_17 = 1515870810, cm32_17 = -1010580540, one_q2 = 1 << 29;
     const int64_t sum = (int64_t)a + INT32_MAX;
@@ -111,7 +111,19 @@ static inline int32_t vs_one_over_one_plus_x(int32_t a)
         const int32_t one_minus = (int32_t)((uint32_t)one_q2 - (uint32_t)vs_srdhm(half_den, x));
         x = vs_wrap_add(x, vs_sat_shl(vs_srdhm(x, one_minus), 2));
     }
-    return vs_sat_shl(x, 1);
+    return x;
+}
+
+/* 1 / (1 + a) for a Q0 value a in [0, 1); returns Q0 */
+static inline int32_t vs_one_over_one_plus_x(int32_t a)
+{
+    return vs_sat_shl(vs_two_over_one_plus_x_q2(a), 1);
+}
+
+/* (1 - a) / (1 + a) for a Q0 value a in [0, 1); returns Q0 */
+static inline int32_t vs_one_minus_x_over_one_plus_x(int32_t a)
+{
+    return vs_sat_shl((int32_t)((uint32_t)vs_two_over_one_plus_x_q2(a) - (UINT32_C(1) << 29)), 2);
 }
 
 #endif

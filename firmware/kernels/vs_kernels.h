@@ -113,6 +113,31 @@ typedef struct {
     const uint32_t *block;  /* [count] bytes per input per outer index */
 } vs_concat_params;
 
+/* LOGISTIC and TANH: the input minus its zero point, scaled into Q4.27 (input_mult, input_shift);
+ * beyond +-range_radius the output saturates */
+typedef struct {
+    uint32_t size;
+    int32_t in_zero_point, range_radius, input_mult, input_shift;
+} vs_squash_params;
+
+/* MUL, SUB, MAXIMUM, MINIMUM over a 4-D output (leading dimensions 1), each input read with its
+ * own element strides, 0 along a dimension it broadcasts; SUB uses every field, MUL the offsets
+ * and the output rescaling, MAXIMUM and MINIMUM none of the arithmetic */
+typedef struct {
+    uint32_t dims[4];
+    uint32_t stride1[4], stride2[4];
+    int32_t in1_offset, in2_offset, left_shift;
+    int32_t in1_mult, in1_shift, in2_mult, in2_shift;
+    int32_t out_mult, out_shift, out_offset, act_min, act_max;
+} vs_binary_params;
+#define VS_AT(s, i0, i1, i2, i3) ((i0) * (s)[0] + (i1) * (s)[1] + (i2) * (s)[2] + (i3) * (s)[3])
+
+void vs_logistic(const vs_squash_params *p, const int8_t *in, int8_t *out);
+void vs_tanh(const vs_squash_params *p, const int8_t *in, int8_t *out);
+void vs_mul(const vs_binary_params *p, const int8_t *in1, const int8_t *in2, int8_t *out);
+void vs_sub(const vs_binary_params *p, const int8_t *in1, const int8_t *in2, int8_t *out);
+void vs_maximum(const vs_binary_params *p, const int8_t *in1, const int8_t *in2, int8_t *out);
+void vs_minimum(const vs_binary_params *p, const int8_t *in1, const int8_t *in2, int8_t *out);
 void vs_softmax(const vs_softmax_params *p, const int8_t *in, int8_t *out);
 void vs_rescale(const vs_rescale_params *p, const int8_t *in, int8_t *out);
 void vs_mean(const vs_mean_params *p, const int8_t *in, int8_t *out);
