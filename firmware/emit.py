@@ -14,7 +14,7 @@ _STRUCTS = {"vs_conv2d": "vs_conv_params", "vs_conv2d_sparse": "vs_conv_params",
             "vs_softmax": "vs_softmax_params", "vs_rescale": "vs_rescale_params", "vs_mean": "vs_mean_params",
             "vs_concatenation": "vs_concat_params", "vs_logistic": "vs_squash_params", "vs_tanh": "vs_squash_params",
             "vs_mul": "vs_binary_params", "vs_sub": "vs_binary_params", "vs_maximum": "vs_binary_params",
-            "vs_minimum": "vs_binary_params"}
+            "vs_minimum": "vs_binary_params", "vs_hard_swish": "vs_hard_swish_params"}
 _BINARY = ("vs_mul", "vs_sub", "vs_maximum", "vs_minimum")
 
 

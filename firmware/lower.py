@@ -26,7 +26,7 @@ _REQUIRED_INPUTS = {"CONV_2D": 2, "DEPTHWISE_CONV_2D": 2, "FULLY_CONNECTED": 2, 
                     "MAX_POOL_2D": 1, "ADD": 2, "PAD": 2, "RESHAPE": 1, "QUANTIZE": 1, "DEQUANTIZE": 1,
                     "SOFTMAX": 1, "MEAN": 2, "RELU": 1, "RELU6": 1, "LEAKY_RELU": 1, "CONCATENATION": 1,
                     "SQUEEZE": 1, "EXPAND_DIMS": 1, "LOGISTIC": 1, "TANH": 1, "MUL": 2, "SUB": 2, "MAXIMUM": 2,
-                    "MINIMUM": 2}
+                    "MINIMUM": 2, "HARD_SWISH": 1}
 SUPPORTED = tuple(_REQUIRED_INPUTS)
 ADD_LEFT_SHIFT = 20  # TFLM's headroom for int8 ADD
 # params fields the kernels hold in uint16_t (vs_kernels.h); every other scalar field is int32_t
@@ -431,6 +431,30 @@ def _squash(g, k, op):
                       input_shift=shift))
 
 
+def _int16_multiplier(real: float, where) -> tuple[int, int]:
+    """TFLM's QuantizeMultiplier then DownScaleInt32ToInt16Multiplier (round the significand to 16 bits)."""
+    q, shift = quantize_multiplier(real)
+    if not -15 <= shift <= 30:
+        raise VeriSparseError(f"{where}: multiplier {real:g} is outside what TFLM's int16 HARD_SWISH handles; "
+                              "the scales are implausible: re-export the model")
+    return (0x7FFF if q >= (1 << 31) - 1 - (1 << 15) else (q + (1 << 15)) >> 16), shift
+
+
+def _hard_swish(g, k, op):
+    x, y = g.tensors[op.inputs[0]], g.tensors[op.outputs[0]]
+    where = f"operator {k} (HARD_SWISH)"
+    size = _same_size(x, y, where)
+    hires = np.float32(1.0 / 128.0) * np.float32(x.scale[0])  # float32, as TFLM prepares it
+    out_mult, out_shift = _int16_multiplier(float(hires / np.float32(y.scale[0])), where)
+    if out_shift > 0:
+        raise VeriSparseError(f"{where}: output scale {float(y.scale[0]):g} is under input scale / 128; TFLM "
+                              "refuses such a model: re-export it")
+    r_mult, r_shift = _int16_multiplier(float(hires / (np.float32(3.0) / np.float32(32768.0))), where)
+    return Layer("vs_hard_swish", "HARD_SWISH", [x.index], y.index,
+                 dict(size=size, in_zero_point=int(x.zero_point[0]), out_zero_point=int(y.zero_point[0]),
+                      out_mult=out_mult, out_shift=out_shift, reluish_mult=r_mult, reluish_shift=r_shift))
+
+
 def _broadcast_strides(t: Tensor, dims: tuple, where) -> tuple:
     """Element strides of t over the 4-D output dims, 0 along the dimensions t broadcasts."""
     shape = (1,) * (4 - len(t.shape)) + tuple(t.shape)
@@ -505,7 +529,7 @@ _LOWER = {"CONV_2D": _conv, "DEPTHWISE_CONV_2D": _depthwise, "FULLY_CONNECTED": 
           "SQUEEZE": _reshape, "EXPAND_DIMS": _reshape, "SOFTMAX": _softmax, "MEAN": _mean, "RELU": _activation,
           "RELU6": _activation, "LEAKY_RELU": _activation, "QUANTIZE": _activation, "CONCATENATION": _concatenation,
           "LOGISTIC": _squash, "TANH": _squash, "MUL": _binary, "SUB": _binary, "MAXIMUM": _binary,
-          "MINIMUM": _binary}
+          "MINIMUM": _binary, "HARD_SWISH": _hard_swish}
 
 
 def lower(g: Graph) -> Program:

@@ -190,7 +190,7 @@ def keras_dynamic_batch() -> bytes:
 
 def keras_elementwise() -> bytes:
     """MUL (same shape, broadcast from a squeeze-excite MEAN, and by a constant), SUB, MAXIMUM,
-    MINIMUM, LOGISTIC, TANH."""
+    MINIMUM, LOGISTIC, TANH, HARD_SWISH."""
     import tensorflow as tf
     from tensorflow.keras import layers
 
@@ -205,7 +205,8 @@ def keras_elementwise() -> bytes:
     se = layers.Activation("sigmoid")(layers.GlobalAveragePooling2D(keepdims=True)(a))
     gated = layers.Multiply()([a, se])
     scaled = layers.Lambda(lambda t: t * np.array([0.5, -1.5, 2.0, 0.25], np.float32))(b)
-    x = layers.Concatenate()([hi, lo, gated, scaled])
+    hs = layers.Activation("hard_swish")(a)
+    x = layers.Concatenate()([hi, lo, gated, scaled, hs])
     x = layers.Flatten()(x)
     x = layers.Dense(6)(x)
     model = tf.keras.Model(inp, x)

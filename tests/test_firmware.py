@@ -137,7 +137,7 @@ def test_host_build_under_sanitizers_matches_tflm(keras_models, tmp_path):
             assert np.abs(fw.astype(int) - lite).max() <= 1
     assert ops >= {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "MAX_POOL_2D", "AVERAGE_POOL_2D", "ADD",
                    "RESHAPE", "QUANTIZE", "DEQUANTIZE", "SOFTMAX", "MEAN", "CONCATENATION", "RELU", "RELU6",
-                   "LEAKY_RELU"}
+                   "LEAKY_RELU", "MUL", "SUB", "MAXIMUM", "MINIMUM", "LOGISTIC", "TANH", "HARD_SWISH"}
     src = (tmp_path / "keras_cnn" / "model.c").read_text()
     assert "vs_conv2d_sparse" in src and "malloc" not in src
 

@@ -116,6 +116,18 @@ def test_mean_folds_the_count_into_the_multiplier_as_tflm_does():
     assert (p["mult"], p["shift"]) == ((q << 3) // 9, s - 3)
 
 
+def test_squeeze_and_expand_dims_are_reshapes_that_share_bytes():
+    from verisparse.firmware.plan import plan
+    t = [_act(0, (1, 1, 1, 6)), _act(1, (1, 6)), _act(2, (1, 1, 6)), _int32(3, (1,), [0]), _act(4, (1, 1, 6))]
+    ops = [Operator("SQUEEZE", [0], [1]), Operator("EXPAND_DIMS", [1, 3], [2]),
+           Operator("LOGISTIC", [2], [4])]
+    t[4] = Tensor(4, "t4", (1, 1, 6), np.dtype(np.int8), np.array([1 / 256]), np.array([-128]), 0, None)
+    prog = lower(Graph(t, ops, [0], [4]))
+    assert [(l.op, l.kernel) for l in prog.layers] == [("SQUEEZE", "vs_reshape"), ("EXPAND_DIMS", "vs_reshape"),
+                                                       ("LOGISTIC", "vs_logistic")]
+    assert plan(prog).skipped == {0, 1}  # no copies: the logistic reads the caller's input
+
+
 needs_arm = pytest.mark.skipif(shutil.which("arm-none-eabi-gcc") is None or shutil.which("qemu-system-arm") is None,
                                reason="`make test` installs the toolchain (make toolchain)")
 
@@ -138,3 +150,23 @@ def test_mlperf_tiny_models_are_bit_exact_in_qemu_and_under_sanitizers(tmp_path)
         np.testing.assert_array_equal(host, run_tflm(src.read_bytes(), prog, vec), err_msg=name)
         if name != "ad01_int8.tflite":
             assert prog.layers[-1].op == "SOFTMAX"
+
+
+@needs_arm
+@pytest.mark.slow
+def test_keras_models_with_the_new_ops_are_bit_exact_in_qemu(tmp_path):
+    """SOFTMAX, MEAN, CONCATENATION, RELU, RELU6, LEAKY_RELU, QUANTIZE, MUL, SUB, MAXIMUM, MINIMUM,
+    LOGISTIC, TANH, HARD_SWISH and a dynamic-batch Flatten, on Cortex-M3 and M4: 200 vectors each,
+    every byte equal to TFLM's."""
+    from firmware_zoo import keras_dynamic_batch, keras_elementwise, keras_heads
+    ops = set()
+    for build in (keras_heads, keras_dynamic_batch, keras_elementwise):
+        src = tmp_path / f"{build.__name__}.tflite"
+        src.write_bytes(build())
+        ops |= {l.op for l in lower(read_tflite(src)).layers}
+        for board in ("mps2-an385", "mps2-an386"):
+            r = generate_firmware(src, board, tmp_path / f"{src.stem}-{board}", run=True, vectors=200)
+            e = r["exactness"]
+            assert e["exact"] and e["tflm"]["identical_vectors"] == 200, (src.stem, board, e)
+    assert ops >= {"SOFTMAX", "MEAN", "CONCATENATION", "RELU", "RELU6", "LEAKY_RELU", "QUANTIZE", "MUL", "SUB",
+                   "MAXIMUM", "MINIMUM", "LOGISTIC", "TANH", "HARD_SWISH"}

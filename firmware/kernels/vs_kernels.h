@@ -132,6 +132,15 @@ typedef struct {
 } vs_binary_params;
 #define VS_AT(s, i0, i1, i2, i3) ((i0) * (s)[0] + (i1) * (s)[1] + (i2) * (s)[2] + (i3) * (s)[3])
 
+/* HARD_SWISH: int16 multipliers (significand >> 16) and exponents, as TFLM prepares them */
+typedef struct {
+    uint32_t size;
+    int32_t in_zero_point, out_zero_point;
+    int32_t out_mult, out_shift;          /* input_scale / 128 / output_scale, out_shift <= 0 */
+    int32_t reluish_mult, reluish_shift;  /* input_scale / 128 / (3 / 32768) */
+} vs_hard_swish_params;
+
+void vs_hard_swish(const vs_hard_swish_params *p, const int8_t *in, int8_t *out);
 void vs_logistic(const vs_squash_params *p, const int8_t *in, int8_t *out);
 void vs_tanh(const vs_squash_params *p, const int8_t *in, int8_t *out);
 void vs_mul(const vs_binary_params *p, const int8_t *in1, const int8_t *in2, int8_t *out);
