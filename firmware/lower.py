@@ -320,7 +320,7 @@ def _softmax(g, k, op):
                       diff_min=diff_min))
 
 
-def _requantize_layer(op, x, y, pos, neg, lo, hi, in_offset=None, out_offset=None):
+def _rescale_layer(op, x, y, pos, neg, lo, hi, in_offset=None, out_offset=None):
     return Layer("vs_rescale", op.opcode, [x.index], y.index,
                  dict(size=int(np.prod(y.shape)), in_offset=-int(x.zero_point[0]) if in_offset is None else in_offset,
                       pos_mult=int(pos[0]), pos_shift=int(pos[1]), neg_mult=int(neg[0]), neg_shift=int(neg[1]),
@@ -341,15 +341,15 @@ def _activation(g, k, op):
     sx, sy = np.float32(x.scale[0]), np.float32(y.scale[0])
     if op.opcode == "QUANTIZE":  # TFLM's Requantize: double ratio
         (m,), (s,) = checked_multipliers([float(sx) / float(sy)], where)
-        return _requantize_layer(op, x, y, (m, s), (m, s), -128, 127)
+        return _rescale_layer(op, x, y, (m, s), (m, s), -128, 127)
     if op.opcode == "RELU":  # ReluQuantized: float32 ratio, clamp at the output's zero
         (m,), (s,) = checked_multipliers([float(sx / sy)], where)
-        return _requantize_layer(op, x, y, (m, s), (m, s), max(-128, int(y.zero_point[0])), 127)
+        return _rescale_layer(op, x, y, (m, s), (m, s), max(-128, int(y.zero_point[0])), 127)
     if op.opcode == "RELU6":  # Relu6Quantized clamps the raw input between its 0 and 6
         zero = int(x.zero_point[0])
         six = min(127, max(-128, _round_half_away(np.float32(6.0) / sx) + zero))
         identity = (1 << 30, 1)  # x * 2^30 * 2 / 2^31 = x exactly
-        layer = _requantize_layer(op, x, y, identity, identity, zero, six, in_offset=0, out_offset=0)
+        layer = _rescale_layer(op, x, y, identity, identity, zero, six, in_offset=0, out_offset=0)
         # LiteRT rescales to the output's quantization, TFLM does not
         layer.litert_differs = (float(sx), int(x.zero_point[0])) != (float(sy), int(y.zero_point[0]))
         return layer
@@ -357,7 +357,7 @@ def _activation(g, k, op):
     if not alpha >= 0:
         raise VeriSparseError(f"{where}: alpha {float(alpha):g}; only LEAKY_RELU with alpha >= 0 is supported")
     (mi, ma), (si, sa) = checked_multipliers([float(sx / sy), float(sx * alpha / sy)], where)
-    return _requantize_layer(op, x, y, (mi, si), (ma, sa), -128, 127)
+    return _rescale_layer(op, x, y, (mi, si), (ma, sa), -128, 127)
 
 
 def _mean(g, k, op):
@@ -558,7 +558,8 @@ def lower(g: Graph) -> Program:
         float_out, out = True, g.tensors[ops[-1][1].inputs[0]]
         ops = ops[:-1]
     for k, op in ops:
-        if op.opcode == "DEQUANTIZE" or (op.opcode == "QUANTIZE" and g.tensors[op.inputs[0]].dtype != np.int8):
+        int8_in = op.inputs[:1] and op.inputs[0] >= 0 and g.tensors[op.inputs[0]].dtype == np.int8
+        if op.opcode == "DEQUANTIZE" or (op.opcode == "QUANTIZE" and not int8_in):
             _fail(k, op, "supported only at the model's input (QUANTIZE from float) and output (DEQUANTIZE); "
                          "inside the model only int8 -> int8 QUANTIZE runs")
     _check_int8(inp, "input", "the model")
