@@ -140,20 +140,15 @@ def _folded_bias(bias, w2d, in_offset, where, shift=0):
     return folded.astype(np.int32)
 
 
-def _conv_like(g, k, op, x, w, y, geometry, per_tensor_fc=False) -> Layer:
+def _conv_like(g, k, op, x, w, y, geometry) -> Layer:
     """CONV_2D, or FULLY_CONNECTED as a 1x1 convolution. geometry: the C params' shape fields."""
     where = f"operator {k} ({op.opcode})"
     out_c = w.shape[0]
     w4 = w.data.reshape(out_c, geometry["k_h"], geometry["k_w"], geometry["in_c"])
     in_scale, out_scale = float(x.scale[0]), float(y.scale[0])
-    if per_tensor_fc:
-        # TFLM's per-tensor FULLY_CONNECTED multiplies the two scales in float32 first.
-        with np.errstate(over="ignore"):  # an overflow to inf is refused by checked_multipliers
-            m = float(np.float32(x.scale[0]) * np.float32(w.scale[0])) / out_scale
-        mult, shift = checked_multipliers(np.full(out_c, m), where)
-    else:
-        fs = np.broadcast_to(w.scale, (out_c,))
-        mult, shift = checked_multipliers(in_scale * fs / out_scale, where)
+    # TFLM multiplies the scales in double, per channel or per tensor (GetQuantizedConvolutionMultipler)
+    fs = np.broadcast_to(w.scale, (out_c,))
+    mult, shift = checked_multipliers(in_scale * fs / out_scale, where)
     in_offset = -int(x.zero_point[0])
     lo, hi = activation_range(op.options.get("fused_activation", "NONE"), y.scale[0], y.zero_point[0], where)
     bias = _folded_bias(_bias(g, op, out_c, where), w4.reshape(out_c, -1), in_offset, where, shift)
@@ -200,7 +195,7 @@ def _fully_connected(g, k, op):
     # the batch becomes the width of a 1 x batch image, each pixel a vector of `depth` channels
     geo = dict(in_h=1, in_w=batch, in_c=depth, out_h=1, out_w=batch, k_h=1, k_w=1, stride_h=1, stride_w=1,
                dil_h=1, dil_w=1, pad_top=0, pad_left=0)
-    return _conv_like(g, k, op, x, w, y, geo, per_tensor_fc=len(w.scale) == 1)
+    return _conv_like(g, k, op, x, w, y, geo)
 
 
 def _depthwise(g, k, op):

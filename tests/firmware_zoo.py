@@ -24,7 +24,7 @@ def _convert(model, in_shape, int8_io=True, per_tensor_dense=False, seed=0):
     conv.optimizations = [tf.lite.Optimize.DEFAULT]
     conv.representative_dataset = representative
     conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    # per-tensor FULLY_CONNECTED weights take TFLM's other multiplier path (float32 product)
+    # per-tensor FULLY_CONNECTED weights: one multiplier for the layer (TFLM's per-tensor path)
     conv._experimental_disable_per_channel_quantization_for_dense_layers = per_tensor_dense
     if int8_io:
         conv.inference_input_type = tf.int8
