@@ -128,6 +128,23 @@ def test_squeeze_and_expand_dims_are_reshapes_that_share_bytes():
     assert plan(prog).skipped == {0, 1}  # no copies: the logistic reads the caller's input
 
 
+def test_per_tensor_fully_connected_multiplier_is_the_double_product():
+    """TFLM's GetQuantizedConvolutionMultipler: double(s_in) * double(s_w) / double(s_out). With the
+    MLPerf autoencoder's last-layer scales the float32 product gives another significand (an exact
+    rounding tie there made one output byte differ)."""
+    from verisparse.fixedpoint import quantize_multiplier
+    sx, sw, sy = (float(np.float32(v)) for v in (0.02479089, 0.01955668, 0.36449847))
+    w = Tensor(2, "w", (3, 4), np.dtype(np.int8), np.array([sw]), np.array([0]), 0,
+               np.arange(12, dtype=np.int8).reshape(3, 4))
+    g = Graph([_act(0, (1, 4), sx), _act(1, (1, 3), sy), w],
+              [Operator("FULLY_CONNECTED", [0, 2], [1], dict(fused_activation="NONE", weights_format="DEFAULT",
+                                                             keep_num_dims=False))], [0], [1])
+    layer = lower(g).layers[0]
+    want = quantize_multiplier(sx * sw / sy)
+    assert want != quantize_multiplier(float(np.float32(sx) * np.float32(sw)) / sy)
+    assert (int(layer.arrays["mult"][0]), int(layer.arrays["shift"][0])) == want
+
+
 needs_arm = pytest.mark.skipif(shutil.which("arm-none-eabi-gcc") is None or shutil.which("qemu-system-arm") is None,
                                reason="`make test` installs the toolchain (make toolchain)")
 
