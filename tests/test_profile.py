@@ -57,7 +57,8 @@ def test_other_commands_name_the_extra(args, tmp_path):
 def test_profile_run_dir_light(run, tmp_path):
     r, blocked = light(["profile", str(run), "--threads", "1,2", "--warmup", "2", "--runs", "20"], tmp_path)
     assert r.returncode == 0, r.stderr
-    assert blocked == [] or set(blocked) <= {"matplotlib"}, blocked  # the plot is optional
+    # only the optional parts looked: the run's dataset for the bytes check, the plot
+    assert set(blocked) <= {"torch", "matplotlib"}, blocked
     rec = json.loads((run / "profile.json").read_text())
     kinds = {a["kind"]: a for a in rec["artifacts"]}
     assert set(kinds) == {"tflite", "onnx"}

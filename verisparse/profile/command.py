@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import sys
 import time
 from pathlib import Path
 
@@ -85,7 +86,7 @@ def profile(artifacts, runtime, threads, warmup, runs, vectors, json_out, compar
     rng = np.random.default_rng(0)
     total = sum(runs * (len(threads) if runtimes.THREADED[r] else 1) for _, rs in plans for r in rs)
     records = []
-    with click.progressbar(length=total, label="profiling", file=click.get_text_stream("stderr")) as bar:
+    with click.progressbar(length=total, label="profiling", file=sys.stderr) as bar:
         for a, rs in plans:
             rows = []
             for r in rs:
