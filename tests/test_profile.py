@@ -172,3 +172,55 @@ def test_tflite_runtime_profile_in_subprocess(run, tmp_path):
                        env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert json.loads((tmp_path / "p.json").read_text())["artifacts"][0]["rows"][0]["runtime"] == "litert-ref"
+
+
+def test_emulation_detected_from_host_kernel(monkeypatch):
+    from verisparse.profile import machine
+    monkeypatch.setattr(machine.platform, "machine", lambda: "aarch64")
+    files = {"/sys/devices/system/cpu/modalias": "cpu:type:x86,ven0000fam0006"}
+    monkeypatch.setattr(machine, "_read", lambda p: files.get(str(p)))
+    monkeypatch.delenv("QEMU_CPU", raising=False)
+    pi = {"CPU implementer": "0x41", "CPU part": "0xd08", "Model": "Raspberry Pi 4 Model B"}
+    assert "x86" in machine.emulation(pi)
+    files.clear()
+    assert machine.emulation(pi) is None  # a real Pi
+    assert "x86" in machine.emulation({"vendor_id": "GenuineIntel"})
+    monkeypatch.setattr(machine.platform, "machine", lambda: "x86_64")
+    assert machine.emulation({"vendor_id": "GenuineIntel"}) is None
+
+
+def test_throttling_warning(tmp_path, monkeypatch):
+    from verisparse.profile import machine
+    tool = tmp_path / "vcgencmd"
+    tool.write_text("#!/bin/sh\necho throttled=0x50005\n")
+    tool.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    th = machine.throttling()
+    assert th["now"] == ["under-voltage", "throttled"] and th["since_boot"] == ["under-voltage", "throttled"]
+    (w,) = [w for w in machine.warnings(dict(throttling=th)) if "THROTTLED" in w]
+    assert "0x50005" in w
+    tool.write_text("#!/bin/sh\necho throttled=0x0\n")
+    assert not machine.warnings(dict(throttling=machine.throttling(), governor="performance"))
+    assert any("ondemand" in w for w in machine.warnings(dict(governor="ondemand")))
+
+
+def test_bytes_compare_counts_lsb_and_class_changes():
+    from verisparse.profile.bytes_check import compare
+    ref = np.array([[10, 5, -3], [0, 1, 2]], np.int8)
+    got = np.array([[10, 6, -3], [0, 3, 2]], np.int8)
+    c = compare(ref, got)
+    assert (c["differing_outputs"], c["differing_vectors"], c["max_lsb"], c["class_changes"]) == (2, 2, 2, 1)
+    assert compare(ref, ref)["identical"]
+
+
+def test_recorded_reference_bytes_from_another_machine(tmp_path):
+    from verisparse.files import write_json
+    from verisparse.profile.recorded import compare_with_recorded
+    art = dict(sha256="m", bytes_check=dict(vectors_sha256="v", reference_outputs_sha256="r"))
+    x86 = dict(model="Xeon", machine="x86_64", emulated=None)
+    pi = dict(model="Raspberry Pi 4 Model B", machine="aarch64", emulated=None)
+    write_json(tmp_path / "p.json", dict(machine=x86, created="t", artifacts=[art]))
+    assert compare_with_recorded(tmp_path / "p.json", art, pi)["equal"] is True
+    assert compare_with_recorded(tmp_path / "p.json", art, x86) is None  # the same machine
+    other = dict(art, bytes_check=dict(art["bytes_check"], reference_outputs_sha256="s"))
+    assert compare_with_recorded(tmp_path / "p.json", other, pi)["equal"] is False
