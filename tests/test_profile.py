@@ -142,6 +142,17 @@ def test_profile_bad_input(args, msg, run, tmp_path):
     assert len([x for x in r.stderr.splitlines() if x.startswith("error")]) <= 1
 
 
+def test_all_runtimes_without_onnxruntime(run, tmp_path):
+    """An image without onnxruntime: --runtime all profiles the .tflite and says why .onnx is skipped."""
+    r, _ = light(["profile", str(run), "--runs", "3", "--warmup", "0", "--threads", "1", "--json",
+                  str(tmp_path / "p.json")], tmp_path, extra_block="onnxruntime")
+    assert r.returncode == 0, r.stderr
+    assert "onnxruntime is not installed" in r.stderr
+    assert [a["kind"] for a in json.loads((tmp_path / "p.json").read_text())["artifacts"]] == ["tflite"]
+    r, _ = light(["profile", str(run / "model.onnx"), "--runtime", "onnxruntime"], tmp_path, extra_block="onnxruntime")
+    assert r.returncode == 2 and "pip install onnxruntime" in r.stderr, r.stderr
+
+
 def test_tflite_runtime_is_used_when_ai_edge_litert_is_absent(monkeypatch):
     from verisparse import int8_runtime
     fake = types.ModuleType("tflite_runtime")

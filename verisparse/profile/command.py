@@ -73,6 +73,9 @@ def profile(artifacts, runtime, threads, warmup, runs, vectors, json_out, compar
 
     arts = arts_mod.resolve(artifacts)
     chosen = list(runtimes.RUNTIMES) if runtime == "all" else [runtime]
+    if runtime == "all" and not runtimes.onnxruntime_installed():  # an older Pi image: tflite-runtime only
+        chosen.remove("onnxruntime")
+        click.echo("note: onnxruntime is not installed: .onnx models are skipped (pip install onnxruntime)", err=True)
     plans = [(a, [r for r in chosen if runtimes.KIND[r] == a.kind]) for a in arts]
     if not any(rs for _, rs in plans):
         kinds = sorted({a.kind for a in arts})

@@ -63,6 +63,14 @@ class OnnxRuntime:
         return self.s.run(None, {self.name: x})[0]
 
 
+def onnxruntime_installed() -> bool:
+    import importlib.util
+    try:
+        return importlib.util.find_spec("onnxruntime") is not None
+    except (ImportError, ValueError):
+        return False
+
+
 def load(runtime: str, data: bytes, threads: int):
     if runtime == "onnxruntime":
         return OnnxRuntime(data, threads)
