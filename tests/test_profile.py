@@ -235,3 +235,17 @@ def test_recorded_reference_bytes_from_another_machine(tmp_path):
     assert compare_with_recorded(tmp_path / "p.json", art, x86) is None  # the same machine
     other = dict(art, bytes_check=dict(art["bytes_check"], reference_outputs_sha256="s"))
     assert compare_with_recorded(tmp_path / "p.json", other, pi)["equal"] is False
+
+
+def test_certificate_for_other_bytes_is_flagged(run, tmp_path):
+    import shutil
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    cert = json.loads((copy / "certificate_model_int8.json").read_text())
+    cert["artifact"]["sha256"] = "0" * 64
+    (copy / "certificate_model_int8.json").write_text(json.dumps(cert))
+    r = CliRunner().invoke(main, ["profile", str(copy), "--runtime", "litert-ref", "--runs", "2", "--warmup", "0"])
+    assert r.exit_code == 0, r.output
+    assert "does NOT cover this model" in r.output
+    bc = json.loads((copy / "profile.json").read_text())["artifacts"][0]["bytes_check"]
+    assert bc["certificate"]["covers_this_model"] is False and bc["certificate"]["runtimes_computing_it_exactly"] == []
