@@ -1,5 +1,7 @@
 # make run: install into .venv and run the pipeline on the embedded default dataset.
 # make test: same install, then the test suite.
+# make pi-check: the light install and `verisparse profile` on an emulated arm64 Debian (a
+#   Raspberry Pi 4's userland under qemu-user), then the test that its bytes equal x86's.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -7,7 +9,9 @@ STAMP  := $(VENV)/.installed
 RUN    ?= runs/default
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test install bench clean toolchain
+PI_ROOTFS ?= $(HOME)/.cache/verisparse/pi-rootfs
+
+.PHONY: run test install bench clean toolchain pi-check
 
 install: $(STAMP)
 
@@ -16,7 +20,7 @@ $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import venv, ensurepip' 2>/dev/null || \
 		($(SUDO) apt-get update && $(SUDO) apt-get install -y python3-venv)
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -e '.[test,export]'
+	$(PY) -m pip install -q -e '.[full,test]'
 	touch $(STAMP)
 
 # Cross compiler, newlib (semihosting) and QEMU for the firmware stage; Debian packages.
@@ -40,6 +44,13 @@ run: $(STAMP) toolchain
 
 test: $(STAMP) toolchain
 	$(PY) -m pytest -q
+
+# The root filesystem is built once (about 9 minutes, emulated) and cached outside the checkout.
+pi-check: $(STAMP)
+	@[ -f $(RUN)/model_int8.tflite ] || $(MAKE) run
+	@[ -f $(RUN)/profile.json ] || $(VENV)/bin/verisparse profile $(RUN) --runs 100
+	$(SUDO) env PI_ROOTFS=$(PI_ROOTFS) RUN=$(RUN) nice tools/pi/check.sh
+	PI_ROOTFS=$(PI_ROOTFS) RUN=$(RUN) $(PY) -m pytest -q -m pi tests/test_pi.py
 
 bench: $(STAMP)
 	$(PY) bench/train_time.py

@@ -5,6 +5,7 @@ import sys
 
 import click
 
+from . import extras
 from .errors import VeriSparseError
 
 
@@ -16,6 +17,18 @@ class _Group(click.Group):
     commands exit 1 themselves), 2 bad input or environment, 3 a bug. Anything a user can
     cause prints one line, never a traceback; `verisparse --debug ...` shows tracebacks."""
 
+    def resolve_command(self, ctx, args):
+        name, cmd, rest = super().resolve_command(ctx, args)
+        # the light install (a Pi) runs `profile`; every other command names the extra it needs
+        # before any work, and `COMMAND --help` still works
+        if not {"-h", "--help"} & set(rest):
+            try:
+                extras.require(name)
+            except VeriSparseError as e:
+                click.echo(f"error: {e}", err=True)
+                sys.exit(EXIT_INPUT)
+        return name, cmd, rest
+
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
@@ -24,6 +37,8 @@ class _Group(click.Group):
         except Exception as e:
             if ctx.obj and ctx.obj.get("debug"):
                 raise
+            if extras.full_only(e):  # a module only the full extra installs
+                e = VeriSparseError(extras.missing_message(ctx.invoked_subcommand, [e.name.split(".")[0]]))
             click.echo(_one_line(e), err=True)
             sys.exit(EXIT_BUG if _is_bug(e) else EXIT_INPUT)
         except MemoryError:
@@ -61,6 +76,8 @@ def main(ctx, debug):
       export    fold pruned units away, write model.onnx + model_int8.tflite, check parity
       verify    certify model.onnx / model_int8.tflite / checkpoint.pt (IBP, CROWN, MILP, int8)
       firmware  generate bit-exact Cortex-M C for model_int8.tflite, check it in QEMU
+      report    one HTML page per run (or comparing runs)
+      profile   latency, memory and output bytes on this machine (a Raspberry Pi); light install
 
     \b
     Example:
@@ -214,7 +231,9 @@ def _print_summary(log, out):
 from .firmware.command import firmware  # noqa: E402
 from .verify.command import verify  # noqa: E402
 from .report.command import report  # noqa: E402
+from .profile.command import profile  # noqa: E402
 
 main.add_command(verify)
 main.add_command(firmware)
 main.add_command(report)
+main.add_command(profile)

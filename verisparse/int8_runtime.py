@@ -21,20 +21,28 @@ def dequantize(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
     return (q.astype(np.float64) - zero_point) * scale
 
 
-def litert(data: bytes, reference: bool = True, keep_tensors: bool = False):
-    """A LiteRT interpreter; reference=True picks the builtin reference kernels (no XNNPACK),
-    whose integer arithmetic is the one TFLM and the firmware implement."""
+def litert_module():
+    """The TFLite interpreter module: ai_edge_litert, else tflite_runtime (older Pi images
+    with NumPy 1 have only that one)."""
     try:
-        from ai_edge_litert.interpreter import Interpreter, OpResolverType
+        from ai_edge_litert import interpreter
     except ImportError:
         try:
-            from tflite_runtime.interpreter import Interpreter, OpResolverType
+            from tflite_runtime import interpreter
         except ImportError as e:
-            raise VeriSparseError("no TFLite interpreter: pip install ai-edge-litert") from e
-    kind = OpResolverType.BUILTIN_REF if reference else OpResolverType.AUTO
+            raise VeriSparseError("no TFLite interpreter: pip install ai-edge-litert "
+                                  "(or tflite-runtime beside NumPy 1)") from e
+    return interpreter
+
+
+def litert(data: bytes, reference: bool = True, keep_tensors: bool = False, num_threads: int | None = None):
+    """A LiteRT interpreter; reference=True picks the builtin reference kernels (no XNNPACK),
+    whose integer arithmetic is the one TFLM and the firmware implement."""
+    m = litert_module()
+    kind = m.OpResolverType.BUILTIN_REF if reference else m.OpResolverType.AUTO
     try:
-        it = Interpreter(model_content=data, experimental_op_resolver_type=kind,
-                         experimental_preserve_all_tensors=keep_tensors)
+        it = m.Interpreter(model_content=data, experimental_op_resolver_type=kind,
+                           experimental_preserve_all_tensors=keep_tensors, num_threads=num_threads)
         it.allocate_tensors()
     except _LITERT_ERRORS as e:
         raise VeriSparseError(f"LiteRT cannot load this model: {str(e)[:300]}") from None
