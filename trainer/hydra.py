@@ -7,9 +7,10 @@ other run of the same settings gets (ERK weight counts for unstructured, sparsit
 structured_counts units for structured), so HYDRA competes at exactly the same size. The
 mask is a hard top-k in the forward pass and passes its gradient straight through to the
 scores. Scores start at HYDRA's scaled magnitude, sqrt(6 / fan_in) * |w| / max|w| per layer
-(per unit: the unit's L2 norm), so the first mask is the magnitude-pruning mask and the
-optimisation starts where prune-finetune stops. Scores are optimised with Adam, as HYDRA's
-CROWN-IBP configuration does.
+(per unit: the unit's L2 norm), so the optimisation starts from prune-finetune's
+magnitude mask. Scores are optimised with Adam, as in HYDRA's CROWN-IBP configuration, at
+eps_train, with the run's --lr restarted and cosine-decayed over the phase (HYDRA used 1e-5
+over about 11,000 steps on SVHN; a default mnist5k run has 800 score steps).
 
 Epoch proportions: HYDRA's CROWN-IBP script pre-trains 200 epochs, prunes 20 and fine-tunes
 100, so the defaults are prune_epochs = 10% and finetune_epochs = 50% of --epochs.

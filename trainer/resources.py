@@ -15,7 +15,9 @@ counted. Evaluation is not training and is not counted.
 Counting every op of every step through a dispatch mode costs more than the step on small
 models, so each distinct step is counted once and reused: the key holds everything the step's
 control flow reads (passed in by the loop: phase, batch size, which loss terms run) and the
-shape of every weight the bounded network computes with.
+shape of every weight the bounded network computes with. That holds because the training
+losses' work depends on shapes alone (CROWN-IBP uses IBP intermediate bounds, so no step's
+work depends on how many neurons are unstable).
 """
 from __future__ import annotations
 
