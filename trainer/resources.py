@@ -29,7 +29,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 
 def _weight_shapes(net):
-    return tuple(tuple(op.weight.shape) for op in net.ops if getattr(op, "weight", None) is not None)
+    return tuple(tuple(op.weight.shape) for op in net.ops if isinstance(getattr(op, "weight", None), torch.Tensor))
 
 
 class Resources:
