@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from verisparse.errors import VeriSparseError
 from verisparse.trainer import sparsity as sp
 from verisparse.trainer import train as train_module
 from verisparse.trainer.certified import certified_loss
@@ -21,8 +22,10 @@ def test_hydra_epoch_defaults_follow_the_paper_proportions():
     c = TrainConfig(baseline="hydra", epochs=100).resolved()
     assert (c.prune_epochs, c.finetune_epochs) == (10, 50)
     assert TrainConfig(baseline="prune-finetune", epochs=100).resolved().prune_epochs == 0
-    with pytest.raises(Exception, match="prune-epochs"):
+    with pytest.raises(VeriSparseError, match="prune-epochs"):
         TrainConfig(baseline="hydra", prune_epochs=-1).resolved()
+    with pytest.raises(VeriSparseError, match="prune_epochs"):
+        TrainConfig(baseline="hydra", prune_epochs="3").resolved()
 
 
 def test_scaled_score_init_starts_at_the_magnitude_mask():
