@@ -152,7 +152,7 @@ def _row(key, logs, target, hydra_seconds):
     sparsity = f"{last['sparsity']:.4f}"
     print(f"{key[0]:<15}{key[1]:<14}{sparsity:>9}{last['train_seconds']:>9.1f}{evals:>8.1f}{last['clean_acc']:>8.1%}"
           f"{last['crown_verified_acc']:>11.1%}{to_target:>13}{ratio:>10}"
-          f"{totals['peak_memory_bytes'] / 2 ** 20:>10.0f}{totals['train_macs'] / 1e9:>10.1f}")
+          f"{totals['peak_memory_bytes'] / 2 ** 20:>10.0f}{totals['train_macs'] / 1e9:>10.4g}")
 
 
 def _plot(logs, path, sparsities, structures, methods, eps):
