@@ -70,18 +70,24 @@ def _certified_loss_on_train(model, ds, cfg):
                                     0.0, cfg.kappa_end)[0])
 
 
-def test_hydra_scores_beat_magnitude_pruning_on_the_certified_loss(tmp_path):
-    """Without fine-tuning the weights are the pre-trained ones, so only the mask differs."""
-    cfg = TrainConfig(arch="mlp_2layer", baseline="hydra", sparsity=0.95, epochs=3, prune_epochs=4,
-                      finetune_epochs=0, lr=2e-3, **dict(FAST, batch_size=64))
+@pytest.mark.parametrize("structure, sparsity, margin", [("unstructured", 0.95, 0.05), ("structured", 0.7, 0.005)])
+def test_hydra_scores_beat_magnitude_pruning_on_the_certified_loss(tmp_path, structure, sparsity, margin):
+    """Without fine-tuning the weights are the pre-trained ones, so only the mask differs.
+    Measured: 2.009 vs 2.145 unstructured, 2.030 vs 2.041 structured (the whole train split)."""
+    cfg = TrainConfig(arch="mlp_2layer", baseline="hydra", structure=structure, sparsity=sparsity, epochs=3,
+                      prune_epochs=4, finetune_epochs=0, lr=2e-3, **dict(FAST, batch_size=64))
     train(cfg, tmp_path / "h", progress=False)
     model, cfg, ds = load_run(tmp_path / "h")
     hydra_loss = _certified_loss_on_train(model, ds, cfg)
     for _, m in prunable(model):
         m.weight_mask.fill_(1.0)
-    sp.magnitude_unstructured(model, cfg.sparsity)
+        m.out_mask.fill_(1.0)
+    if structure == "structured":
+        sp.select_units(model, sp.structured_counts(model, sparsity))  # largest L2 norms
+    else:
+        sp.magnitude_unstructured(model, sparsity)
     magnitude_loss = _certified_loss_on_train(model, ds, cfg)
-    assert hydra_loss < magnitude_loss - 0.01, (hydra_loss, magnitude_loss)
+    assert hydra_loss < magnitude_loss - margin, (hydra_loss, magnitude_loss)
 
 
 class _Interrupted(Exception):
