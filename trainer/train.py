@@ -2,7 +2,8 @@
 
 VeriSparse (default): start from a random sparse mask (ERK densities, or random units for
 structured sparsity), train with IBP / CROWN-IBP, and move the mask as training goes.
-Baselines: dense certified training, and dense -> magnitude prune -> certified fine-tune.
+Baselines: dense certified training, dense -> magnitude prune -> certified fine-tune, and
+HYDRA (dense -> prune by optimised scores -> fine-tune; trainer/hydra.py).
 """
 from __future__ import annotations
 
@@ -26,7 +27,9 @@ from .certified import certified_loss, ramp_progress, smooth_ramp
 from .checkpoint import load_checkpoint, save_checkpoint
 from .datasets import load_dataset
 from .evaluate import evaluate
+from .hydra import Hydra
 from .models import build_model, prunable
+from .resources import Resources
 
 
 @dataclass
@@ -41,9 +44,10 @@ class TrainConfig:
     structure: str = "unstructured"  # unstructured | structured
     sparsity: float = 0.9
     param_budget: int | None = None  # structured: a weight budget instead of a sparsity
-    baseline: str | None = None      # None (VeriSparse) | dense | prune-finetune
+    baseline: str | None = None      # None (VeriSparse) | dense | prune-finetune | hydra
     epochs: int = 100
-    finetune_epochs: int | None = None  # prune-finetune only; default epochs // 2
+    prune_epochs: int | None = None     # hydra only: score optimisation; default 10% of epochs
+    finetune_epochs: int | None = None  # prune-finetune and hydra; default epochs // 2
     batch_size: int = 50
     lr: float | None = None          # Adam; default 2e-3 for structured VeriSparse, else 5e-4
     lr_final: float = 0.02           # fraction of lr left at the end (cosine after the ramp)
@@ -74,7 +78,8 @@ class TrainConfig:
         elif not 0 <= c.sparsity < 1:
             raise VeriSparseError(f"--sparsity must be in [0, 1); got {c.sparsity}")
         for name, allowed in (("method", ("crown-ibp", "ibp")), ("structure", ("unstructured", "structured")),
-                              ("baseline", (None, "dense", "prune-finetune")), ("regrow", ("rigl", "random"))):
+                              ("baseline", (None, "dense", "prune-finetune", "hydra")),
+                              ("regrow", ("rigl", "random"))):
             if getattr(c, name) not in allowed:
                 raise VeriSparseError(f"--{name} must be one of {', '.join(a for a in allowed if a)}; "
                                       f"got {getattr(c, name)!r}")
@@ -102,10 +107,12 @@ class TrainConfig:
             if not ok:
                 raise VeriSparseError(f"--{name} must be {what}; got {getattr(c, name.replace('-', '_'))}")
         c.finetune_epochs = (max(1, c.epochs // 2) if c.finetune_epochs is None else c.finetune_epochs) \
-            if c.baseline == "prune-finetune" else 0
+            if c.baseline in ("prune-finetune", "hydra") else 0
+        c.prune_epochs = (max(1, round(0.1 * c.epochs)) if c.prune_epochs is None else c.prune_epochs) \
+            if c.baseline == "hydra" else 0
         c.warmup_epochs = round(0.05 * c.epochs) if c.warmup_epochs is None else c.warmup_epochs
         c.ramp_epochs = max(1, round(0.5 * c.epochs)) if c.ramp_epochs is None else c.ramp_epochs
-        for name in ("finetune_epochs", "warmup_epochs", "ramp_epochs"):
+        for name in ("prune_epochs", "finetune_epochs", "warmup_epochs", "ramp_epochs"):
             if getattr(c, name) < 0:
                 raise VeriSparseError(f"--{name.replace('_', '-')} must be >= 0; got {getattr(c, name)}")
         if c.warmup_epochs + c.ramp_epochs > c.epochs:
@@ -117,12 +124,12 @@ class TrainConfig:
         return self.baseline is None and (self.sparsity > 0 or self.param_budget is not None)
 
 
-_INT_FIELDS = ("param_budget", "epochs", "finetune_epochs", "batch_size", "warmup_epochs", "ramp_epochs",
-               "update_every", "seed", "eval_crown_every")
+_INT_FIELDS = ("param_budget", "epochs", "prune_epochs", "finetune_epochs", "batch_size", "warmup_epochs",
+               "ramp_epochs", "update_every", "seed", "eval_crown_every")
 _FLOAT_FIELDS = ("eps", "eps_train", "sparsity", "lr", "lr_final", "grad_clip", "kappa_start", "kappa_end",
                  "update_fraction", "update_end")
-_OPTIONAL = ("data_root", "eps_train", "param_budget", "baseline", "finetune_epochs", "lr", "warmup_epochs",
-             "ramp_epochs")
+_OPTIONAL = ("data_root", "eps_train", "param_budget", "baseline", "prune_epochs", "finetune_epochs", "lr",
+             "warmup_epochs", "ramp_epochs")
 
 
 def _check_types(c: TrainConfig):
@@ -144,13 +151,15 @@ def _check_types(c: TrainConfig):
 
 
 def _schedule(cfg: TrainConfig, step: int, steps_per_epoch: int):
-    """eps, beta, kappa and lr at a global step. Fine-tuning (prune-finetune) restarts the
-    lr decay at eps_train."""
+    """eps, beta, kappa and lr at a global step. HYDRA's score optimisation and fine-tuning
+    each restart the lr decay at eps_train."""
     main_steps = cfg.epochs * steps_per_epoch
     warm, ramp = cfg.warmup_epochs * steps_per_epoch, cfg.ramp_epochs * steps_per_epoch
+    prune_end = main_steps + cfg.prune_epochs * steps_per_epoch
     if step >= main_steps:
         t, beta, kappa = 1.0, 0.0, cfg.kappa_end
-        start, length = main_steps, cfg.finetune_epochs * steps_per_epoch
+        start, length = (main_steps, prune_end - main_steps) if step < prune_end else \
+            (prune_end, cfg.finetune_epochs * steps_per_epoch)
     else:
         t = ramp_progress(step, warm, ramp)
         beta, kappa = 1.0 - t, cfg.kappa_start + (cfg.kappa_end - cfg.kappa_start) * t
@@ -183,6 +192,14 @@ def build_from_config(cfg: TrainConfig, ds):
 def train(cfg: TrainConfig, out_dir, resume: bool = False, device: str = "auto", progress: bool = True,
           download: bool = False):
     """Train into out_dir (config.json, checkpoint.pt, train_log.jsonl); returns the log."""
+    res = Resources()
+    try:
+        return _train(cfg, out_dir, resume, device, progress, download, res)
+    finally:
+        res.abort()  # a step that raised must not leave its MAC counter running in this process
+
+
+def _train(cfg, out_dir, resume, device, progress, download, res):
     cfg = cfg.resolved()
     out = Path(out_dir)
     dev = resolve_device(device)
@@ -213,12 +230,15 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, device: str = "auto",
         else:
             sp.random_unstructured(model, cfg.sparsity, gen)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    hyd = Hydra(cfg, counts) if cfg.baseline == "hydra" else None
     start_epoch, step, train_seconds = 0, 0, 0.0
     if state is not None:
         try:
             model.load_state_dict(state["model"])
             opt.load_state_dict(state["optimizer"])
-        except (RuntimeError, KeyError, ValueError) as e:
+            if hyd is not None:
+                hyd.load_state_dict(state.get("hydra"), dev)
+        except (RuntimeError, KeyError, ValueError, TypeError) as e:
             raise VeriSparseError(f"{ckpt_path} does not fit this run's model: {_one_line(e)}") from None
         start_epoch, step, train_seconds = state["epoch"], state["step"], state["train_seconds"]
         write_jsonl(log_path, [r for r in rd.read_log(log_path) if r["epoch"] <= start_epoch])
@@ -229,7 +249,8 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, device: str = "auto",
 
     n, K = len(ds.y_train), ds.num_classes
     steps_per_epoch = math.ceil(n / cfg.batch_size)
-    total_epochs = cfg.epochs + cfg.finetune_epochs
+    total_epochs = cfg.epochs + cfg.prune_epochs + cfg.finetune_epochs
+    res.start(dev, state.get("train_macs", 0) if state is not None else 0)
     unstructured_moving = cfg.sparse_from_scratch and counts is None
     update_steps = cfg.epochs * steps_per_epoch
     x_train, y_train = ds.x_train.to(dev), ds.y_train.to(dev)
@@ -237,9 +258,13 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, device: str = "auto",
                disable=not progress, desc=f"train {out.name}", unit="epoch")
     log = rd.read_log(log_path)
     for epoch in bar:
-        phase = "finetune" if epoch >= cfg.epochs else ("sparse" if cfg.sparse_from_scratch else "dense")
+        phase = "finetune" if epoch >= cfg.epochs + cfg.prune_epochs else "prune" if epoch >= cfg.epochs else \
+            ("sparse" if cfg.sparse_from_scratch else "dense")
         masks_before = [alive.clone() for _, _, alive in sp.alive_masks(model)]
+        res.epoch_start()
         t0 = time.perf_counter()
+        if hyd is not None:
+            hyd.epoch_start(model, epoch)
         if cfg.baseline == "prune-finetune" and epoch == cfg.epochs:
             if counts is not None:
                 sp.select_units(model, counts)
@@ -254,23 +279,26 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, device: str = "auto",
             idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
             xb, yb = x_train[idx], y_train[idx]
             eps, beta, kappa, lr = _schedule(cfg, step, steps_per_epoch)
-            for g in opt.param_groups:
+            step_opt = hyd.opt if phase == "prune" else opt  # HYDRA's prune phase moves scores only
+            for g in step_opt.param_groups:
                 g["lr"] = lr
-            net = bounded_net(model, ds.input_shape)
+            net = hyd.net(model, ds.input_shape) if phase == "prune" else bounded_net(model, ds.input_shape)
+            fraction = sp.update_fraction(step, update_steps, cfg.update_fraction, cfg.update_end)
+            move = unstructured_moving and step > 0 and step % cfg.update_every == 0 and fraction > 0
+            res.step_begin((phase, len(yb), eps > 0, kappa < 1, beta > 0, cfg.method, move and cfg.regrow), net)
             loss, logits = certified_loss(net, xb, yb, eps, K, cfg.method, beta, kappa)
             loss_value = loss.item()
             if not math.isfinite(loss_value):
                 _diverged(epoch, b, f"the loss is {loss_value}")
-            fraction = sp.update_fraction(step, update_steps, cfg.update_fraction, cfg.update_end)
-            move = unstructured_moving and step > 0 and step % cfg.update_every == 0 and fraction > 0
             grads = None
             if move and cfg.regrow == "rigl":
                 weights = [op.weight for op in net.ops if isinstance(op, (bound_ops.Linear, bound_ops.Conv2d))]
                 grads = torch.autograd.grad(loss, weights, retain_graph=True)
-            opt.zero_grad(set_to_none=True)
+            step_opt.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
+            torch.nn.utils.clip_grad_norm_(hyd.scores if phase == "prune" else model.parameters(), cfg.grad_clip)
+            step_opt.step()
+            res.step_end()
             if unstructured_moving or phase == "finetune":
                 with torch.no_grad():
                     for _, m in prunable(model):
@@ -282,8 +310,11 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, device: str = "auto",
             step += 1
         if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
             _diverged(epoch, steps_per_epoch - 1, "the weights are no longer finite")
+        if hyd is not None:
+            hyd.epoch_end(model, epoch)
         epoch_seconds = time.perf_counter() - t0
         train_seconds += epoch_seconds
+        usage = res.epoch_record()  # before evaluation: only training counts
 
         t1 = time.perf_counter()
         every = cfg.eval_crown_every
@@ -296,10 +327,11 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, device: str = "auto",
                       layer_sparsity={r["layer"]: r["sparsity"] for r in summary["layers"]},
                       mask_changes=sp.mask_changes(masks_before, [a for _, _, a in sp.alive_masks(model)]),
                       seconds=epoch_seconds, train_seconds=train_seconds,
-                      eval_seconds=time.perf_counter() - t1)
+                      eval_seconds=time.perf_counter() - t1, **usage)
         save_checkpoint(ckpt_path, dict(config=asdict(cfg), epoch=epoch + 1, step=step,
                                         train_seconds=train_seconds, model=model.state_dict(),
-                                        optimizer=opt.state_dict()))
+                                        optimizer=opt.state_dict(), train_macs=res.train_macs,
+                                        hydra=hyd.state_dict() if hyd is not None else None))
         append_jsonl(log_path, record)
         log.append(record)
         bar.set_postfix(eps=f"{eps:.3f}", loss=f"{record['loss']:.3f}", clean=f"{metrics['clean_acc']:.3f}",

@@ -115,6 +115,7 @@ Examples:
   # the baselines the paper compares with
   verisparse train --baseline dense --out runs/dense
   verisparse train --baseline prune-finetune --sparsity 0.9 --out runs/pf
+  verisparse train --baseline hydra --sparsity 0.9 --out runs/hydra
   # continue a killed run from its last checkpoint
   verisparse train --out runs/default --resume
   # a dataset you bring: npz with x_train, y_train, x_test, y_test in [0, 1]
@@ -136,10 +137,14 @@ Examples:
 @click.option("--sparsity", type=float, default=0.9, show_default=True, callback=_sparsity,
               help="Fraction of weights removed, over effective parameters.")
 @click.option("--param-budget", type=int, default=None, help="Structured: keep at most this many weights.")
-@click.option("--baseline", type=click.Choice(["dense", "prune-finetune"]), default=None,
-              help="Train a baseline instead of VeriSparse.")
-@click.option("--epochs", type=int, default=100, show_default=True)
-@click.option("--finetune-epochs", type=int, default=None, help="prune-finetune [default: epochs // 2].")
+@click.option("--baseline", type=click.Choice(["dense", "prune-finetune", "hydra"]), default=None,
+              help="Train a baseline instead of VeriSparse (hydra: Sehwag et al. 2020, dense -> score-optimised "
+                   "pruning -> fine-tune).")
+@click.option("--epochs", type=int, default=100, show_default=True,
+              help="Epochs of sparse (VeriSparse) or dense (baselines) training.")
+@click.option("--prune-epochs", type=int, default=None,
+              help="hydra: epochs optimising the pruning scores, weights frozen [default: 10% of epochs].")
+@click.option("--finetune-epochs", type=int, default=None, help="prune-finetune, hydra [default: epochs // 2].")
 @click.option("--batch-size", type=int, default=50, show_default=True)
 @click.option("--lr", type=float, default=None, help="Adam learning rate [default: 2e-3 structured, else 5e-4].")
 @click.option("--warmup-epochs", type=int, default=None, help="Epochs at eps 0 [default: 5% of epochs].")
