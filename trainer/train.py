@@ -20,6 +20,7 @@ from verisparse.files import append_jsonl, write_json, write_jsonl
 from verisparse.verify import ops as bound_ops
 from verisparse.verify.from_torch import bounded_net
 
+from . import compact as cp
 from . import rundir as rd
 from . import sparsity as sp
 from .certified import certified_loss, ramp_progress, smooth_ramp
@@ -181,8 +182,10 @@ def build_from_config(cfg: TrainConfig, ds):
 
 
 def train(cfg: TrainConfig, out_dir, resume: bool = False, device: str = "auto", progress: bool = True,
-          download: bool = False):
-    """Train into out_dir (config.json, checkpoint.pt, train_log.jsonl); returns the log."""
+          download: bool = False, compact: bool = True):
+    """Train into out_dir (config.json, checkpoint.pt, train_log.jsonl); returns the log.
+    compact: train a structured mask's kept units as a small dense network (trainer/compact.py;
+    equal to the masked computation up to float rounding); False computes the masked model."""
     cfg = cfg.resolved()
     out = Path(out_dir)
     dev = resolve_device(device)
@@ -236,6 +239,7 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, device: str = "auto",
     bar = tqdm(range(start_epoch, total_epochs), initial=start_epoch, total=total_epochs,
                disable=not progress, desc=f"train {out.name}", unit="epoch")
     log = rd.read_log(log_path)
+    comp = None  # the compacted sub-network while a structured mask is on (trainer/compact.py)
     for epoch in bar:
         phase = "finetune" if epoch >= cfg.epochs else ("sparse" if cfg.sparse_from_scratch else "dense")
         masks_before = [alive.clone() for _, _, alive in sp.alive_masks(model)]
@@ -245,18 +249,20 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, device: str = "auto",
                 sp.select_units(model, counts)
             else:
                 sp.magnitude_unstructured(model, cfg.sparsity)
-        elif counts is not None and cfg.sparse_from_scratch and 0 < epoch < cfg.update_end * cfg.epochs:
+        elif _remasks(cfg, counts, epoch):
             sp.select_units(model, counts)  # re-mask by L2 norm; revived units resume their old weights
         model.train()
+        comp = _compacted(comp, compact and counts is not None, model, opt, ds.input_shape)
+        step_model, step_opt = (comp.model, comp.opt) if comp else (model, opt)
         order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)).to(dev)
         loss_sum = correct = 0.0
         for b in range(steps_per_epoch):
             idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
             xb, yb = x_train[idx], y_train[idx]
             eps, beta, kappa, lr = _schedule(cfg, step, steps_per_epoch)
-            for g in opt.param_groups:
+            for g in step_opt.param_groups:
                 g["lr"] = lr
-            net = bounded_net(model, ds.input_shape)
+            net = comp.net if comp else bounded_net(model, ds.input_shape)
             loss, logits = certified_loss(net, xb, yb, eps, K, cfg.method, beta, kappa)
             loss_value = loss.item()
             if not math.isfinite(loss_value):
@@ -267,10 +273,10 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, device: str = "auto",
             if move and cfg.regrow == "rigl":
                 weights = [op.weight for op in net.ops if isinstance(op, (bound_ops.Linear, bound_ops.Conv2d))]
                 grads = torch.autograd.grad(loss, weights, retain_graph=True)
-            opt.zero_grad(set_to_none=True)
+            step_opt.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
+            torch.nn.utils.clip_grad_norm_(step_model.parameters(), cfg.grad_clip)
+            step_opt.step()
             if unstructured_moving or phase == "finetune":
                 with torch.no_grad():
                     for _, m in prunable(model):
@@ -280,6 +286,8 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, device: str = "auto",
             loss_sum += loss_value * len(yb)
             correct += float((logits.argmax(1) == yb).sum())
             step += 1
+        if comp:
+            comp.scatter(replay_pruned=_remasks(cfg, counts, epoch + 1))
         if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
             _diverged(epoch, steps_per_epoch - 1, "the weights are no longer finite")
         epoch_seconds = time.perf_counter() - t0
@@ -305,6 +313,19 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, device: str = "auto",
         bar.set_postfix(eps=f"{eps:.3f}", loss=f"{record['loss']:.3f}", clean=f"{metrics['clean_acc']:.3f}",
                         ibp=f"{metrics['ibp_verified_acc']:.3f}")
     return log
+
+
+def _remasks(cfg: TrainConfig, counts, epoch: int) -> bool:
+    """Whether structured VeriSparse re-chooses its units at the start of this epoch."""
+    return counts is not None and cfg.sparse_from_scratch and 0 < epoch < cfg.update_end * cfg.epochs
+
+
+def _compacted(comp, wanted: bool, model, opt, in_shape):
+    """The compacted sub-network to train this epoch, or None for the masked model: kept
+    across epochs while the masks stay, gathered anew when they moved."""
+    if not (wanted and cp.compactable(model)):
+        return None
+    return comp if comp is not None and comp.matches(model) else cp.Compacted(model, opt, in_shape)
 
 
 def _one_line(e: Exception):
