@@ -131,20 +131,33 @@ def _state(run):
     return torch.load(run / "checkpoint.pt", weights_only=True)
 
 
+def _alive(run):
+    """The weights that count (kept units, fed by kept units) and the masks of a run."""
+    state = _state(run)
+    model = build_model("cnn_4layer", (1, 8, 8), 10)
+    model.load_state_dict(state["model"])
+    out = {}
+    for i, m, alive in sp.alive_masks(model):
+        out[f"{i}.weight"] = m.weight.detach() * alive
+        out[f"{i}.bias"] = m.bias.detach() * m.out_mask
+        out[f"{i}.out_mask"] = m.out_mask
+    return out
+
+
 @pytest.mark.parametrize("method", ["ibp", "crown-ibp"])
-def test_compact_training_equals_masked_training(tmp_path, method):
-    """Masks re-chosen every epoch (units leave and come back) and then fixed: the compact
-    run's checkpoint and log match the masked run's to float tolerance."""
+def test_compact_training_equals_masked_training(tmp_path, method, one_thread):
+    """Masks re-chosen every epoch (units leave and come back), then fixed: the compact run's
+    masks, weights and log match the masked run's to float tolerance. (Once the masks are
+    fixed, the compact run leaves pruned weights where they are, while masked training's
+    Adam still drifts them: nothing reads them again, so only the live weights compare.)"""
     cfg = TrainConfig(epochs=4, warmup_epochs=0, ramp_epochs=2, update_end=0.75, method=method, **FAST)
     logs = {c: train(cfg, tmp_path / str(c), progress=False, compact=c) for c in (True, False)}
-    a, b = _state(tmp_path / "True"), _state(tmp_path / "False")
-    for k in a["model"]:
+    a, b = _alive(tmp_path / "True"), _alive(tmp_path / "False")
+    for k in a:
         if k.endswith("mask"):
-            assert torch.equal(a["model"][k], b["model"][k]), k
+            assert torch.equal(a[k], b[k]), k
         else:
-            torch.testing.assert_close(a["model"][k], b["model"][k], rtol=1e-4, atol=1e-5)
-    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
-        torch.testing.assert_close(sa["exp_avg"], sb["exp_avg"], rtol=1e-3, atol=1e-6)
+            torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
     moved = sum(r["mask_changes"] for r in logs[True])
     assert moved == sum(r["mask_changes"] for r in logs[False]) and moved > 0
     for ra, rb in zip(logs[True], logs[False]):
@@ -157,7 +170,7 @@ class _Killed(Exception):
     pass
 
 
-def test_compact_resume_is_bit_identical(tmp_path, monkeypatch):
+def test_compact_resume_is_bit_identical(tmp_path, monkeypatch, one_thread):
     """A run stopped after epoch 2 (masks still moving) or 4 (masks fixed, the compact net
     kept across epochs) and resumed ends bit-identical to an uninterrupted one."""
     cfg = TrainConfig(epochs=6, warmup_epochs=1, ramp_epochs=3, update_end=0.5, **FAST)
