@@ -254,6 +254,7 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, device: str = "auto",
         model.train()
         comp = _compacted(comp, compact and counts is not None, model, opt, ds.input_shape)
         step_model, step_opt = (comp.model, comp.opt) if comp else (model, opt)
+        threads = cp.set_step_threads(comp, dev)
         order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)).to(dev)
         loss_sum = correct = 0.0
         for b in range(steps_per_epoch):
@@ -286,6 +287,7 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, device: str = "auto",
             loss_sum += loss_value * len(yb)
             correct += float((logits.argmax(1) == yb).sum())
             step += 1
+        torch.set_num_threads(threads)
         if comp:
             comp.scatter(replay_pruned=_remasks(cfg, counts, epoch + 1))
         if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
