@@ -9,6 +9,7 @@ from verisparse.trainer import sparsity as sp
 from verisparse.trainer import train as train_module
 from verisparse.trainer.certified import certified_loss
 from verisparse.trainer.compact import Compacted, compactable
+from verisparse.trainer.evaluate import evaluate
 from verisparse.trainer.models import build_model, prunable
 from verisparse.trainer.train import TrainConfig, train
 from verisparse.verify.from_torch import bounded_net
@@ -65,6 +66,22 @@ def test_compact_net_gives_the_masked_logits_losses_and_gradients(arch, shape, s
             # the gradient, scattered back; 1e-5 of its own scale (float32, summed in another order)
             scale = max(1.0, float((r - m).abs().max()))
             torch.testing.assert_close(p - m, r - m, rtol=1e-5, atol=1e-5 * scale)
+
+
+@pytest.mark.parametrize("arch,shape", [("mlp_3layer", (1, 8, 8)), ("cnn_4layer", (1, 12, 12))])
+def test_evaluation_of_the_compact_net_matches_the_masked_model(arch, shape, one_thread):
+    masked = _random_structured(arch, shape, 4)
+    comp = Compacted(masked, torch.optim.Adam(masked.parameters()), shape)
+    gen = torch.Generator().manual_seed(9)
+    x = torch.rand(60, *shape, generator=gen)
+    y = masked(x).argmax(1)  # every sample classified correctly, so the bounds decide
+    y[:10] = (y[:10] + 1) % 10
+    partly = False  # some eps must leave the verdicts undecided by accuracy alone
+    for eps in (0.002, 0.01, 0.03, 0.1):
+        got = evaluate(comp.model, x, y, eps, 10)
+        assert got == evaluate(masked, x, y, eps, 10)
+        partly |= 0 < got["crown_verified_acc"] < got["clean_acc"]
+    assert partly
 
 
 def test_scatter_replays_adam_on_pruned_weights_as_masked_training_does():

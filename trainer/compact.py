@@ -176,7 +176,8 @@ def compactable(model: nn.Sequential) -> bool:
 
 
 def set_step_threads(comp, device) -> int:
-    """One intra-op thread for compacted steps on CPU; returns the count to restore after.
+    """One intra-op thread for compacted steps and evaluation on CPU; returns the count to
+    restore after.
     The sub-network's ops take well under a millisecond, so a second OpenMP thread only adds
     synchronisation, and on a shared, busy machine waiting for it made an epoch over 20x
     slower (mnist5k cnn_4layer at 0.95: over 90 s against 3-5 s with one thread)."""
