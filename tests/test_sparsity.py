@@ -85,24 +85,6 @@ def test_structured_counts_meet_the_budget_and_remove_next_layer_inputs(arch, sp
     assert s["layers"][1]["effective"] == counts[1] * (m1.weight[0].numel() * counts[0] // m0.weight.shape[0])
 
 
-@pytest.mark.parametrize("arch", ["mlp_3layer", "cnn_4layer", "cnn_7layer"])
-@pytest.mark.parametrize("sparsity", [0.9, 0.95, 0.99])
-def test_structured_min_units_floor_within_the_budget(arch, sparsity):
-    model = _model(arch)
-    budget = int((1 - sparsity) * sp.sparsity_summary(model)["dense_params"])
-    uniform = sp.structured_counts(model, sparsity)
-    for floor in (4, 8):
-        counts = sp.structured_counts(model, sparsity, min_units=floor)
-        assert sp._param_count(model, counts) <= budget
-        assert sp._param_count(model, counts) >= 0.9 * budget
-        assert counts[-1] == uniform[-1]
-        held = [min(floor, m.weight.shape[0]) for _, m in prunable(model)[:-1]]
-        if sp._param_count(model, held + counts[-1:]) <= budget:  # the floor fits: every layer has it
-            assert all(c >= h for c, h in zip(counts, held))
-        assert min(counts[:-1]) >= min(uniform[:-1])
-    assert sp.structured_counts(model, sparsity, min_units=1) == uniform
-
-
 def test_structured_parameter_budget_and_l2_selection():
     model = _model("mlp_2layer")
     counts = sp.structured_counts(model, budget=5000)

@@ -162,24 +162,20 @@ def _param_count(model, keep):
     return total
 
 
-def structured_counts(model, sparsity=None, budget=None, min_units=1):
-    """Units kept per prunable layer: the largest uniform keep ratio within the budget, with
-    at least min_units per layer (or all of a smaller layer) where the budget holds that."""
+def structured_counts(model, sparsity=None, budget=None):
+    """Units kept per prunable layer: the largest uniform keep ratio within the budget."""
     layers = [m for _, m in prunable(model)]
     dense = sum(m.weight.numel() for m in layers)
     if budget is None:
         budget = math.floor((1 - sparsity) * dense)
     units = [m.weight.shape[0] for m in layers]
-    floor = 1
 
     def keep(r):
-        return [max(min(floor, u), round(r * u)) for u in units[:-1]] + [units[-1]]
+        return [max(1, round(r * u)) for u in units[:-1]] + [units[-1]]
 
     if _param_count(model, keep(0.0)) > budget:
         raise VeriSparseError(f"a parameter budget of {budget} cannot hold even one unit per layer "
                               f"({_param_count(model, keep(0.0))} weights); raise it or lower --sparsity")
-    while floor < min_units and _param_count(model, [min(floor + 1, u) for u in units[:-1]] + units[-1:]) <= budget:
-        floor += 1
     lo, hi = 0.0, 1.0
     for _ in range(60):
         mid = (lo + hi) / 2
