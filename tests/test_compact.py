@@ -64,7 +64,7 @@ def test_compact_net_gives_the_masked_logits_losses_and_gradients(arch, shape, s
         comp.scatter(replay_pruned=True)
         for p, r, m in zip(model.parameters(), ref.parameters(), masked.parameters()):
             # the gradient, scattered back; 1e-5 of its own scale (float32, summed in another order)
-            scale = max(1.0, float((r - m).abs().max()))
+            scale = max(1.0, float((r - m).detach().abs().max()))
             torch.testing.assert_close(p - m, r - m, rtol=1e-5, atol=1e-5 * scale)
 
 
