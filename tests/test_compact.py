@@ -148,10 +148,10 @@ def _state(run):
     return torch.load(run / "checkpoint.pt", weights_only=True)
 
 
-def _alive(run):
+def _alive(run, arch="cnn_4layer"):
     """The weights that count (kept units, fed by kept units) and the masks of a run."""
     state = _state(run)
-    model = build_model("cnn_4layer", (1, 8, 8), 10)
+    model = build_model(arch, (1, 8, 8), 10)
     model.load_state_dict(state["model"])
     out = {}
     for i, m, alive in sp.alive_masks(model):
@@ -181,6 +181,22 @@ def test_compact_training_equals_masked_training(tmp_path, method, one_thread):
         assert ra["loss"] == pytest.approx(rb["loss"], rel=1e-4)
         for k in ("clean_acc", "ibp_verified_acc", "sparsity", "effective_params"):
             assert ra[k] == pytest.approx(rb[k], abs=2e-3), k
+
+
+def test_compact_finetune_of_prune_finetune_equals_masked(tmp_path, monkeypatch, one_thread):
+    """The structured prune-finetune baseline fine-tunes its pruned model compacted too."""
+    built = []
+    monkeypatch.setattr(train_module.cp, "Compacted", lambda *a: built.append(1) or Compacted(*a))
+    cfg = TrainConfig(**dict(FAST, arch="mlp_2layer", baseline="prune-finetune", epochs=2, finetune_epochs=2,
+                             warmup_epochs=0, ramp_epochs=1))
+    logs = {c: train(cfg, tmp_path / str(c), progress=False, compact=c) for c in (True, False)}
+    a, b = _alive(tmp_path / "True", "mlp_2layer"), _alive(tmp_path / "False", "mlp_2layer")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+    assert [r["phase"] for r in logs[True]] == ["dense"] * 2 + ["finetune"] * 2
+    assert len(built) == 1  # gathered once when pruned, then kept: the mask no longer moves
+    for ra, rb in zip(logs[True], logs[False]):
+        assert ra["loss"] == pytest.approx(rb["loss"], rel=1e-4)
 
 
 class _Killed(Exception):
