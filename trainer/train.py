@@ -21,6 +21,7 @@ from verisparse.files import append_jsonl, write_json, write_jsonl
 from verisparse.verify import ops as bound_ops
 from verisparse.verify.from_torch import bounded_net
 
+from . import compact as cp
 from . import rundir as rd
 from . import sparsity as sp
 from .certified import certified_loss, ramp_progress, smooth_ramp
@@ -190,16 +191,18 @@ def build_from_config(cfg: TrainConfig, ds):
 
 
 def train(cfg: TrainConfig, out_dir, resume: bool = False, device: str = "auto", progress: bool = True,
-          download: bool = False):
-    """Train into out_dir (config.json, checkpoint.pt, train_log.jsonl); returns the log."""
+          download: bool = False, compact: bool = True):
+    """Train into out_dir (config.json, checkpoint.pt, train_log.jsonl); returns the log.
+    compact: train a structured mask's kept units as a small dense network (trainer/compact.py;
+    equal to the masked computation up to float rounding); False computes the masked model."""
     res = Resources()
     try:
-        return _train(cfg, out_dir, resume, device, progress, download, res)
+        return _train(cfg, out_dir, resume, device, progress, download, compact, res)
     finally:
         res.abort()  # a step that raised must not leave its MAC counter running in this process
 
 
-def _train(cfg, out_dir, resume, device, progress, download, res):
+def _train(cfg, out_dir, resume, device, progress, download, compact, res):
     cfg = cfg.resolved()
     out = Path(out_dir)
     dev = resolve_device(device)
@@ -257,6 +260,7 @@ def _train(cfg, out_dir, resume, device, progress, download, res):
     bar = tqdm(range(start_epoch, total_epochs), initial=start_epoch, total=total_epochs,
                disable=not progress, desc=f"train {out.name}", unit="epoch")
     log = rd.read_log(log_path)
+    comp = None  # the compacted sub-network while a structured mask is on (trainer/compact.py)
     for epoch in bar:
         phase = "finetune" if epoch >= cfg.epochs + cfg.prune_epochs else "prune" if epoch >= cfg.epochs else \
             ("sparse" if cfg.sparse_from_scratch else "dense")
@@ -270,19 +274,25 @@ def _train(cfg, out_dir, resume, device, progress, download, res):
                 sp.select_units(model, counts)
             else:
                 sp.magnitude_unstructured(model, cfg.sparsity)
-        elif counts is not None and cfg.sparse_from_scratch and 0 < epoch < cfg.update_end * cfg.epochs:
+        elif _remasks(cfg, counts, epoch):
             sp.select_units(model, counts)  # re-mask by L2 norm; revived units resume their old weights
         model.train()
+        comp = _compacted(comp, compact and counts is not None and phase != "prune", model, opt, ds.input_shape)
+        step_model, step_opt = (comp.model, comp.opt) if comp else (model, opt)
+        trained = hyd.scores if phase == "prune" else list(step_model.parameters())
+        if phase == "prune":  # HYDRA's prune phase moves scores only
+            step_opt = hyd.opt
+        threads = cp.set_step_threads(comp, dev)
         order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)).to(dev)
         loss_sum = correct = 0.0
         for b in range(steps_per_epoch):
             idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
             xb, yb = x_train[idx], y_train[idx]
             eps, beta, kappa, lr = _schedule(cfg, step, steps_per_epoch)
-            step_opt = hyd.opt if phase == "prune" else opt  # HYDRA's prune phase moves scores only
             for g in step_opt.param_groups:
                 g["lr"] = lr
-            net = hyd.net(model, ds.input_shape) if phase == "prune" else bounded_net(model, ds.input_shape)
+            net = hyd.net(model, ds.input_shape) if phase == "prune" else \
+                comp.net if comp else bounded_net(model, ds.input_shape)
             fraction = sp.update_fraction(step, update_steps, cfg.update_fraction, cfg.update_end)
             move = unstructured_moving and step > 0 and step % cfg.update_every == 0 and fraction > 0
             res.step_begin((phase, len(yb), eps > 0, kappa < 1, beta > 0, cfg.method, move and cfg.regrow), net)
@@ -296,7 +306,7 @@ def _train(cfg, out_dir, resume, device, progress, download, res):
                 grads = torch.autograd.grad(loss, weights, retain_graph=True)
             step_opt.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(hyd.scores if phase == "prune" else model.parameters(), cfg.grad_clip)
+            torch.nn.utils.clip_grad_norm_(trained, cfg.grad_clip)
             step_opt.step()
             res.step_end()
             if unstructured_moving or phase == "finetune":
@@ -308,6 +318,8 @@ def _train(cfg, out_dir, resume, device, progress, download, res):
             loss_sum += loss_value * len(yb)
             correct += float((logits.argmax(1) == yb).sum())
             step += 1
+        if comp:
+            comp.scatter(replay_pruned=_remasks(cfg, counts, epoch + 1))
         if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
             _diverged(epoch, steps_per_epoch - 1, "the weights are no longer finite")
         if hyd is not None:
@@ -319,7 +331,10 @@ def _train(cfg, out_dir, resume, device, progress, download, res):
         t1 = time.perf_counter()
         every = cfg.eval_crown_every
         full = (epoch + 1 == total_epochs and every >= 0) or (every > 0 and (epoch + 1) % every == 0)
-        metrics = evaluate(model, ds.x_test, ds.y_test, cfg.eps, K, full_crown=full, device=dev)
+        # The compact network is what export ships (it folds pruned units away), at a fraction of the cost.
+        metrics = evaluate(comp.model if comp else model, ds.x_test, ds.y_test, cfg.eps, K, full_crown=full,
+                           device=dev)
+        torch.set_num_threads(threads)
         summary = sp.sparsity_summary(model)
         record = dict(epoch=epoch + 1, phase=phase, eps_train_now=eps, beta=beta, kappa=kappa, lr=lr,
                       loss=loss_sum / n, train_acc=correct / n, **metrics, eps=cfg.eps,
@@ -337,6 +352,19 @@ def _train(cfg, out_dir, resume, device, progress, download, res):
         bar.set_postfix(eps=f"{eps:.3f}", loss=f"{record['loss']:.3f}", clean=f"{metrics['clean_acc']:.3f}",
                         ibp=f"{metrics['ibp_verified_acc']:.3f}")
     return log
+
+
+def _remasks(cfg: TrainConfig, counts, epoch: int) -> bool:
+    """Whether structured VeriSparse re-chooses its units at the start of this epoch."""
+    return counts is not None and cfg.sparse_from_scratch and 0 < epoch < cfg.update_end * cfg.epochs
+
+
+def _compacted(comp, wanted: bool, model, opt, in_shape):
+    """The compacted sub-network to train this epoch, or None for the masked model: kept
+    across epochs while the masks stay, gathered anew when they moved."""
+    if not (wanted and cp.compactable(model)):
+        return None
+    return comp if comp is not None and comp.matches(model) else cp.Compacted(model, opt, in_shape)
 
 
 def _one_line(e: Exception):
