@@ -20,6 +20,7 @@ from verisparse.files import append_jsonl, write_json, write_jsonl
 from verisparse.verify import ops as bound_ops
 from verisparse.verify.from_torch import bounded_net
 
+from . import distributed
 from . import rundir as rd
 from . import sparsity as sp
 from .certified import certified_loss, ramp_progress, smooth_ramp
@@ -185,20 +186,24 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, device: str = "auto",
     """Train into out_dir (config.json, checkpoint.pt, train_log.jsonl); returns the log."""
     cfg = cfg.resolved()
     out = Path(out_dir)
-    dev = resolve_device(device)
+    ddp = distributed.start(resolve_device(device), cfg.batchnorm)  # one process, or a rank under torchrun
+    dev = ddp.device
     ckpt_path, log_path = out / rd.CHECKPOINT, out / rd.LOG
     state = saved = None
-    if ckpt_path.exists():
-        if not resume:
-            raise VeriSparseError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
-        state = load_checkpoint(ckpt_path)
-        saved = rd.check_resumable(state, cfg, out, TrainConfig)
-    else:
-        note = rd.fresh_start_note(out, cfg, resume, TrainConfig)
-        if note:
-            print(f"note: {note}", file=sys.stderr)
+    with ddp.main_only():  # the run directory is rank 0's; the others get the checkpoint from it
+        if ddp.is_main and ckpt_path.exists():
+            if not resume:
+                raise VeriSparseError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+            state = load_checkpoint(ckpt_path)
+            saved = rd.check_resumable(state, cfg, out, TrainConfig)
+        elif ddp.is_main:
+            note = rd.fresh_start_note(out, cfg, resume, TrainConfig)
+            if note:
+                print(f"note: {note}", file=sys.stderr)
+    state, saved = ddp.from_main((state, saved))
 
     ds = load_dataset(cfg.dataset, cfg.seed, cfg.data_root, download)
+    ddp.same_everywhere(ds.split, f"the dataset {cfg.dataset}")
     if saved is not None and saved["dataset_info"]["split"] != ds.split:
         raise VeriSparseError(f"the dataset under {cfg.dataset} changed since {out} started; cannot resume")
     torch.manual_seed(cfg.seed)
@@ -221,8 +226,9 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, device: str = "auto",
         except (RuntimeError, KeyError, ValueError) as e:
             raise VeriSparseError(f"{ckpt_path} does not fit this run's model: {_one_line(e)}") from None
         start_epoch, step, train_seconds = state["epoch"], state["step"], state["train_seconds"]
-        write_jsonl(log_path, [r for r in rd.read_log(log_path) if r["epoch"] <= start_epoch])
-    else:
+        if ddp.is_main:
+            write_jsonl(log_path, [r for r in rd.read_log(log_path) if r["epoch"] <= start_epoch])
+    elif ddp.is_main:
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "config.json", dict(asdict(cfg), dataset_info=_dataset_info(ds)))
         write_jsonl(log_path, [])
@@ -234,31 +240,32 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, device: str = "auto",
     update_steps = cfg.epochs * steps_per_epoch
     x_train, y_train = ds.x_train.to(dev), ds.y_train.to(dev)
     bar = tqdm(range(start_epoch, total_epochs), initial=start_epoch, total=total_epochs,
-               disable=not progress, desc=f"train {out.name}", unit="epoch")
-    log = rd.read_log(log_path)
+               disable=not (progress and ddp.is_main), desc=f"train {out.name}", unit="epoch")
+    log = ddp.from_main(rd.read_log(log_path) if ddp.is_main else None)
     for epoch in bar:
         phase = "finetune" if epoch >= cfg.epochs else ("sparse" if cfg.sparse_from_scratch else "dense")
         masks_before = [alive.clone() for _, _, alive in sp.alive_masks(model)]
         t0 = time.perf_counter()
         if cfg.baseline == "prune-finetune" and epoch == cfg.epochs:
             if counts is not None:
-                sp.select_units(model, counts)
+                ddp.update_masks(model, lambda: sp.select_units(model, counts))
             else:
-                sp.magnitude_unstructured(model, cfg.sparsity)
+                ddp.update_masks(model, lambda: sp.magnitude_unstructured(model, cfg.sparsity))
         elif counts is not None and cfg.sparse_from_scratch and 0 < epoch < cfg.update_end * cfg.epochs:
-            sp.select_units(model, counts)  # re-mask by L2 norm; revived units resume their old weights
+            # re-mask by L2 norm; revived units resume their old weights
+            ddp.update_masks(model, lambda: sp.select_units(model, counts))
         model.train()
         order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)).to(dev)
         loss_sum = correct = 0.0
         for b in range(steps_per_epoch):
             idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+            n_batch, idx = len(idx), ddp.shard(idx)  # the global batch, and this rank's slice of it
             xb, yb = x_train[idx], y_train[idx]
             eps, beta, kappa, lr = _schedule(cfg, step, steps_per_epoch)
             for g in opt.param_groups:
                 g["lr"] = lr
-            net = bounded_net(model, ds.input_shape)
-            loss, logits = certified_loss(net, xb, yb, eps, K, cfg.method, beta, kappa)
-            loss_value = loss.item()
+            loss, logits, net = ddp.step(model, _certified_step, xb, yb, eps, K, cfg.method, beta, kappa)
+            loss_value, batch_correct = ddp.batch_totals(loss, logits, yb)
             if not math.isfinite(loss_value):
                 _diverged(epoch, b, f"the loss is {loss_value}")
             fraction = sp.update_fraction(step, update_steps, cfg.update_fraction, cfg.update_end)
@@ -266,7 +273,7 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, device: str = "auto",
             grads = None
             if move and cfg.regrow == "rigl":
                 weights = [op.weight for op in net.ops if isinstance(op, (bound_ops.Linear, bound_ops.Conv2d))]
-                grads = torch.autograd.grad(loss, weights, retain_graph=True)
+                grads = ddp.average(torch.autograd.grad(loss, weights, retain_graph=True))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -276,9 +283,10 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, device: str = "auto",
                     for _, m in prunable(model):
                         m.weight.mul_(m.weight_mask)  # pruned weights stay exactly zero
             if move:
-                sp.prune_regrow(model, fraction, grads, torch.Generator().manual_seed(cfg.seed + step))
-            loss_sum += loss_value * len(yb)
-            correct += float((logits.argmax(1) == yb).sum())
+                ddp.update_masks(model, lambda: sp.prune_regrow(model, fraction, grads,
+                                                                torch.Generator().manual_seed(cfg.seed + step)))
+            loss_sum += loss_value * n_batch
+            correct += batch_correct
             step += 1
         if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
             _diverged(epoch, steps_per_epoch - 1, "the weights are no longer finite")
@@ -286,25 +294,36 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, device: str = "auto",
         train_seconds += epoch_seconds
 
         t1 = time.perf_counter()
-        every = cfg.eval_crown_every
-        full = (epoch + 1 == total_epochs and every >= 0) or (every > 0 and (epoch + 1) % every == 0)
-        metrics = evaluate(model, ds.x_test, ds.y_test, cfg.eps, K, full_crown=full, device=dev)
-        summary = sp.sparsity_summary(model)
-        record = dict(epoch=epoch + 1, phase=phase, eps_train_now=eps, beta=beta, kappa=kappa, lr=lr,
-                      loss=loss_sum / n, train_acc=correct / n, **metrics, eps=cfg.eps,
-                      sparsity=summary["sparsity"], effective_params=summary["effective_params"],
-                      layer_sparsity={r["layer"]: r["sparsity"] for r in summary["layers"]},
-                      mask_changes=sp.mask_changes(masks_before, [a for _, _, a in sp.alive_masks(model)]),
-                      seconds=epoch_seconds, train_seconds=train_seconds,
-                      eval_seconds=time.perf_counter() - t1)
-        save_checkpoint(ckpt_path, dict(config=asdict(cfg), epoch=epoch + 1, step=step,
-                                        train_seconds=train_seconds, model=model.state_dict(),
-                                        optimizer=opt.state_dict()))
-        append_jsonl(log_path, record)
+        record = None
+        with ddp.main_only():  # evaluation, checkpoint and log are rank 0's
+            if ddp.is_main:
+                every = cfg.eval_crown_every
+                full = (epoch + 1 == total_epochs and every >= 0) or (every > 0 and (epoch + 1) % every == 0)
+                metrics = evaluate(model, ds.x_test, ds.y_test, cfg.eps, K, full_crown=full, device=dev)
+                summary = sp.sparsity_summary(model)
+                record = dict(epoch=epoch + 1, phase=phase, eps_train_now=eps, beta=beta, kappa=kappa, lr=lr,
+                              loss=loss_sum / n, train_acc=correct / n, **metrics, eps=cfg.eps,
+                              sparsity=summary["sparsity"], effective_params=summary["effective_params"],
+                              layer_sparsity={r["layer"]: r["sparsity"] for r in summary["layers"]},
+                              mask_changes=sp.mask_changes(masks_before, [a for _, _, a in sp.alive_masks(model)]),
+                              seconds=epoch_seconds, train_seconds=train_seconds,
+                              eval_seconds=time.perf_counter() - t1)
+                save_checkpoint(ckpt_path, dict(config=asdict(cfg), epoch=epoch + 1, step=step,
+                                                train_seconds=train_seconds, model=model.state_dict(),
+                                                optimizer=opt.state_dict()))
+                append_jsonl(log_path, record)
+        record = ddp.from_main(record)
         log.append(record)
-        bar.set_postfix(eps=f"{eps:.3f}", loss=f"{record['loss']:.3f}", clean=f"{metrics['clean_acc']:.3f}",
-                        ibp=f"{metrics['ibp_verified_acc']:.3f}")
+        bar.set_postfix(eps=f"{eps:.3f}", loss=f"{record['loss']:.3f}", clean=f"{record['clean_acc']:.3f}",
+                        ibp=f"{record['ibp_verified_acc']:.3f}")
     return log
+
+
+def _certified_step(model, xb, yb, eps, num_classes, method, beta, kappa):
+    """One batch: (loss, clean logits, the bounded net whose weights RigL reads)."""
+    net = bounded_net(model, xb.shape[1:])
+    loss, logits = certified_loss(net, xb, yb, eps, num_classes, method, beta, kappa)
+    return loss, logits, net
 
 
 def _one_line(e: Exception):
