@@ -33,10 +33,10 @@ def _torchrun(nproc, *args):
                           timeout=600)
 
 
-def _batch_leaving(remainder):
-    """A batch size whose last batch of an epoch on digits holds `remainder` samples."""
+def _batch_leaving(last_ok):
+    """The smallest batch size from 60 up whose last batch of an epoch on digits has a size that last_ok accepts."""
     n = len(load_dataset("digits").y_train)
-    return next(b for b in range(60, 200) if n % b == remainder)
+    return next(b for b in range(60, n) if last_ok(n % b))
 
 
 def _state(run):
@@ -61,9 +61,9 @@ def _assert_same_training(one, two):
 
 @pytest.mark.slow
 def test_two_processes_match_one_unstructured_with_rigl_updates(tmp_path):
-    # An odd last batch (split 15/14 between the ranks) checks the weighting of per-rank means.
+    # An odd last batch (split unevenly between the ranks) checks the weighting of per-rank means.
     args = [*COMMON, "--arch", "mlp_2layer", "--sparsity", "0.9", "--update-every", "4",
-            "--batch-size", str(_batch_leaving(29))]
+            "--batch-size", str(_batch_leaving(lambda last: last % 2 == 1 and last > 1))]
     one = _cli("train", *args, "--out", str(tmp_path / "one"))
     assert one.returncode == 0, one.stderr
     two = _cli("train", *args, "--nproc", "2", "--out", str(tmp_path / "two"))
@@ -77,8 +77,11 @@ def test_two_processes_match_one_unstructured_with_rigl_updates(tmp_path):
 @pytest.mark.slow
 def test_two_processes_match_one_structured_under_torchrun(tmp_path):
     # A last batch of one sample leaves rank 1 without samples: it must still take part at weight 0.
-    args = [*COMMON, "--arch", "cnn_4layer", "--structure", "structured", "--sparsity", "0.5",
-            "--batch-size", str(_batch_leaving(1))]
+    # lr 5e-4, not structured's 2e-3: the two runs differ by float rounding (a GEMM rounds a
+    # row differently at another batch size), and where a ReLU input sits at 0 Adam can turn
+    # that into a weight difference of a few lr x 1e-3 (measured: 1.6e-5 at lr 2e-3).
+    args = [*COMMON, "--arch", "cnn_4layer", "--structure", "structured", "--sparsity", "0.5", "--lr", "5e-4",
+            "--batch-size", str(_batch_leaving(lambda last: last == 1))]
     one = _cli("train", *args, "--out", str(tmp_path / "one"))
     assert one.returncode == 0, one.stderr
     two = _torchrun(2, "train", *args, "--out", str(tmp_path / "two"))
