@@ -38,7 +38,7 @@ def write_cifar_layout(root, n_train=50_000, n_test=10_000, seed=0):
         batch = {"data": rng.integers(0, 256, size=(n, 3 * 32 * 32), dtype=np.uint8),
                  "labels": [int(v) for v in rng.integers(0, 10, size=n)]}
         with open(folder / name, "wb") as f:
-            pickle.dump(batch, f, protocol=2)
+            pickle.dump(batch, f, protocol=4)  # protocol 2 would route bytes through _codecs, which the loader refuses
     return Path(root)
 
 

@@ -80,7 +80,7 @@ class Single:
     def from_main(self, obj):
         return obj
 
-    def same_everywhere(self, obj, what):
+    def same_everywhere(self, fingerprint, what):
         pass
 
 
@@ -180,10 +180,10 @@ class Ranks:
         dist.broadcast_object_list(box, src=0, device=self.device if self.device.type == "cuda" else None)
         return box[0]
 
-    def same_everywhere(self, obj, what):
-        """Refuse a job whose ranks disagree on obj (e.g. a node that holds another copy of the data)."""
+    def same_everywhere(self, fingerprint, what):
+        """Refuse a job whose ranks disagree on fingerprint() (e.g. a node that holds other data)."""
         seen = [None] * self.world
-        dist.all_gather_object(seen, obj)
+        dist.all_gather_object(seen, fingerprint())
         if any(s != seen[0] for s in seen):
             raise VeriSparseError(f"the processes disagree on {what}; give every node the same files")
 

@@ -25,7 +25,7 @@ from . import rundir as rd
 from . import sparsity as sp
 from .certified import certified_loss, ramp_progress, smooth_ramp
 from .checkpoint import load_checkpoint, save_checkpoint
-from .datasets import load_dataset
+from .datasets import load_dataset, split_hash
 from .evaluate import evaluate
 from .models import build_model, prunable
 
@@ -193,7 +193,8 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, device: str = "auto",
     with ddp.main_only():  # the run directory is rank 0's; the others get the checkpoint from it
         if ddp.is_main and ckpt_path.exists():
             if not resume:
-                raise VeriSparseError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+                raise VeriSparseError(f"{out} already holds a run; pass --resume to continue it or choose another "
+                                      "--out")
             state = load_checkpoint(ckpt_path)
             saved = rd.check_resumable(state, cfg, out, TrainConfig)
         elif ddp.is_main:
@@ -203,7 +204,8 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, device: str = "auto",
     state, saved = ddp.from_main((state, saved))
 
     ds = load_dataset(cfg.dataset, cfg.seed, cfg.data_root, download)
-    ddp.same_everywhere(ds.split, f"the dataset {cfg.dataset}")
+    ddp.same_everywhere(lambda: (split_hash(ds.x_train, ds.y_train), ds.split["test_sha256"]),
+                        f"the data of {cfg.dataset}")
     if saved is not None and saved["dataset_info"]["split"] != ds.split:
         raise VeriSparseError(f"the dataset under {cfg.dataset} changed since {out} started; cannot resume")
     torch.manual_seed(cfg.seed)

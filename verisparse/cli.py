@@ -158,7 +158,8 @@ def train(out, resume, device, quiet, download, nproc, **settings):
     if distributed.under_torchrun():
         world = int(os.environ["WORLD_SIZE"])
         if nproc not in (1, world):
-            raise VeriSparseError(f"--nproc {nproc} but torchrun started {world} processes; drop --nproc under torchrun")
+            raise VeriSparseError(f"--nproc {nproc} but torchrun started {world} processes; "
+                                  "drop --nproc under torchrun")
     elif nproc > 1:
         sys.exit(distributed.launch(nproc, sys.argv[1:], device))
     from .trainer.train import TrainConfig, train as run_training
