@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from verisparse.trainer.datasets import load_dataset
+from verisparse.trainer.distributed import Ranks
 from verisparse.trainer.train import load_run
 
 # digits: small and shipped with scikit-learn. Full CROWN is skipped (-1): the comparison is
@@ -31,6 +32,23 @@ def _torchrun(nproc, *args):
     return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
                            str(nproc), "-m", "verisparse", *args], capture_output=True, text=True, env=ENV,
                           timeout=600)
+
+
+def test_slices_cover_every_global_batch_once_and_weight_to_its_mean():
+    losses = torch.rand(64, dtype=torch.float64)
+    for n in (1, 2, 5, 64):
+        for world in (2, 3, 4):
+            idx = torch.randperm(64)[:n]
+            covered, weighted = [], 0.0
+            for rank in range(world):
+                r = Ranks.__new__(Ranks)  # the slicing arithmetic alone, without a process group
+                r.world, r.rank = world, rank
+                mine = r.shard(idx)
+                assert len(mine) >= 1  # an empty slice still runs one sample, at weight 0
+                covered.append(mine[:r._n_local])
+                weighted += float(losses[mine].mean()) * r._scale / world  # what DDP's average sees
+            assert torch.equal(torch.cat(covered), idx), "each sample once, in the global order"
+            assert weighted == pytest.approx(float(losses[idx].mean()), rel=1e-12)
 
 
 def _batch_leaving(last_ok):

@@ -202,6 +202,7 @@ def launch(nproc: int, argv: list[str], device: str) -> int:
     import uuid
 
     from torch.distributed import run as torchrun
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import elastic_launch
 
@@ -227,4 +228,7 @@ def launch(nproc: int, argv: list[str], device: str) -> int:
         what = f"signal {-code}" if code < 0 else f"exit code {code}"
         print(f"error: process {rank} ended with {what}; continue the run with --resume", file=sys.stderr)
         return 2 if code < 0 else 3
+    except SignalException as e:  # Ctrl-C or SIGTERM on the launcher: torchrun has stopped the processes
+        print(f"error: stopped by signal {e.sigval.name}; continue the run with --resume", file=sys.stderr)
+        return 2
     return 0

@@ -228,12 +228,13 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, device: str = "auto",
         except (RuntimeError, KeyError, ValueError) as e:
             raise VeriSparseError(f"{ckpt_path} does not fit this run's model: {_one_line(e)}") from None
         start_epoch, step, train_seconds = state["epoch"], state["step"], state["train_seconds"]
-        if ddp.is_main:
+    with ddp.main_only():
+        if ddp.is_main and state is not None:
             write_jsonl(log_path, [r for r in rd.read_log(log_path) if r["epoch"] <= start_epoch])
-    elif ddp.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "config.json", dict(asdict(cfg), dataset_info=_dataset_info(ds)))
-        write_jsonl(log_path, [])
+        elif ddp.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+            write_json(out / "config.json", dict(asdict(cfg), dataset_info=_dataset_info(ds)))
+            write_jsonl(log_path, [])
 
     n, K = len(ds.y_train), ds.num_classes
     steps_per_epoch = math.ceil(n / cfg.batch_size)
