@@ -38,8 +38,9 @@ def machine():
 
 # --- training throughput ------------------------------------------------------------------
 
-def train_throughput(workdir, nproc, device, dataset, arch, method, epochs, batch_size):
-    """samples/s of `verisparse train` with nproc processes on device ("cpu" or "cuda")."""
+def train_throughput(workdir, nproc, device, dataset, arch, method, epochs, batch_size, threads=0):
+    """Seconds per epoch of `verisparse train` with nproc processes on device ("cpu" or "cuda"),
+    each with `threads` CPU threads (0: the cores shared out, as `verisparse train --nproc` does)."""
     run = Path(workdir) / f"train-{device}-{nproc}"
     cmd = [sys.executable, "-m", "verisparse", "train", "--dataset", dataset, "--arch", arch, "--method", method,
            "--epochs", str(epochs), "--warmup-epochs", "0", "--ramp-epochs", str(epochs),
@@ -47,8 +48,7 @@ def train_throughput(workdir, nproc, device, dataset, arch, method, epochs, batc
            "--nproc", str(nproc), "--quiet", "--out", str(run)]
     env = dict(os.environ)
     if device == "cpu":
-        # the cores shared out between the processes, as `verisparse train --nproc` does
-        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
+        env["OMP_NUM_THREADS"] = str(threads or max(1, (os.cpu_count() or 1) // nproc))
     res = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if res.returncode != 0:
         raise SystemExit(f"training with {nproc} process(es) on {device} failed:\n{res.stderr[-2000:]}")
@@ -68,14 +68,15 @@ def train_rows(workdir, args):
     for device, nproc in setups:
         print(f"training: {nproc} process(es) on {device} ...", file=sys.stderr, flush=True)
         r = train_throughput(workdir, nproc, device, args.dataset, args.arch, args.method, args.epochs,
-                             args.batch_size)
+                             args.batch_size, args.threads)
         rows.append(dict(r, samples_per_second=n_train / r["seconds_per_epoch"]))
     return rows
 
 
 def print_train_table(rows, args):
+    threads = f"{args.threads} thread(s)" if args.threads else "cores / processes threads"
     print(f"\ntraining: {args.dataset}, {args.arch}, {args.method}, global batch {args.batch_size}, "
-          f"{args.epochs} epochs, every epoch at eps > 0 (median epoch after the first)")
+          f"{args.epochs} epochs, every epoch at eps > 0 (median epoch after the first); CPU: {threads} per process")
     base = {r["device"]: r["samples_per_second"] for r in rows if r["nproc"] == 1}
     print("| device | processes | s / epoch | samples/s | vs 1 process |")
     print("|---|---:|---:|---:|---:|")
@@ -91,6 +92,9 @@ def main():
     ap.add_argument("--arch", default="cnn_4layer")
     ap.add_argument("--method", default="ibp", choices=["ibp", "crown-ibp"])
     ap.add_argument("--batch-size", type=int, default=50)
+    ap.add_argument("--threads", type=int, default=0,
+                    help="CPU threads per process [default: cores / processes]; on a machine other jobs load, "
+                         "1 keeps torch's threads from waiting on each other")
     args = ap.parse_args()
     print(f"machine: {machine()}")
     with tempfile.TemporaryDirectory() as tmp:
