@@ -101,7 +101,7 @@ class Ranks:
         self.world, self.rank = dist.get_world_size(), dist.get_rank()
         self.is_main = self.rank == 0
         self.device = device
-        self._wrapped = None  # (model, its DDP wrapper)
+        self._wrapped = None  # (model, step function, their DDP wrapper)
         self._n_local, self._scale = 0, 1.0
 
     @classmethod
@@ -129,11 +129,11 @@ class Ranks:
     def step(self, model, fn, *args):
         """fn(model, *args) -> (loss, ...) through DDP; the loss comes back weighted by this
         rank's share, so the averaged gradient is the global batch's. A new model (one that
-        compacted training swapped in) is wrapped anew."""
-        if self._wrapped is None or self._wrapped[0] is not model:
+        compacted training swapped in) or a new fn is wrapped anew."""
+        if self._wrapped is None or self._wrapped[0] is not model or self._wrapped[1] is not fn:
             ids = [self.device] if self.device.type == "cuda" else None
-            self._wrapped = (model, DistributedDataParallel(_Step(model, fn), device_ids=ids))
-        loss, *rest = self._wrapped[1](*args)
+            self._wrapped = (model, fn, DistributedDataParallel(_Step(model, fn), device_ids=ids))
+        loss, *rest = self._wrapped[2](*args)
         return (loss * self._scale, *rest)
 
     def batch_totals(self, loss, logits, y):
