@@ -151,7 +151,7 @@ def train(out, resume, device, quiet, download, nproc, **settings):
     """Train a certifiably robust sparse network into a run directory.
 
     \b
-    Across processes or machines, start it under torchrun (docs/scaling-train.md):
+    Across processes or machines, start it under torchrun (README: Scaling out):
       torchrun --standalone --nproc-per-node 2 -m verisparse train ... --out runs/ddp
     """
     from .trainer import distributed
