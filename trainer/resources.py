@@ -15,7 +15,8 @@ counted. Evaluation is not training and is not counted.
 Counting every op of every step through a dispatch mode costs more than the step on small
 models, so each distinct step is counted once and reused: the key holds everything the step's
 control flow reads (passed in by the loop: phase, batch size, which loss terms run) and the
-shape of every weight the bounded network computes with. That holds because the training
+shape of every parameter of the module the step computes with. Under torchrun each rank
+counts its own slice; the log holds rank 0's. That holds because the training
 losses' work depends on shapes alone (CROWN-IBP uses IBP intermediate bounds, so no step's
 work depends on how many neurons are unstable).
 """
@@ -28,8 +29,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 
-def _weight_shapes(net):
-    return tuple(tuple(op.weight.shape) for op in net.ops if isinstance(getattr(op, "weight", None), torch.Tensor))
+def _weight_shapes(module):
+    return tuple(tuple(p.shape) for p in module.parameters())
 
 
 class Resources:
@@ -47,9 +48,10 @@ class Resources:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
 
-    def step_begin(self, key: tuple, net):
-        """Call after building the bounded net, before the loss; step_end after the optimiser step."""
-        self._key = (key, _weight_shapes(net))
+    def step_begin(self, key: tuple, module):
+        """Call before the loss, with the module whose weights the step computes with (the
+        compacted one where training is compacted); step_end after the optimiser step."""
+        self._key = (key, _weight_shapes(module))
         if self._key not in self._seen:
             self._mode = FlopCounterMode(display=False)
             self._mode.__enter__()

@@ -22,11 +22,12 @@ from verisparse.verify import ops as bound_ops
 from verisparse.verify.from_torch import bounded_net
 
 from . import compact as cp
+from . import distributed
 from . import rundir as rd
 from . import sparsity as sp
 from .certified import certified_loss, ramp_progress, smooth_ramp
 from .checkpoint import load_checkpoint, save_checkpoint
-from .datasets import load_dataset
+from .datasets import load_dataset, split_hash
 from .evaluate import evaluate
 from .hydra import Hydra
 from .models import build_model, prunable
@@ -205,20 +206,26 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, device: str = "auto",
 def _train(cfg, out_dir, resume, device, progress, download, compact, res):
     cfg = cfg.resolved()
     out = Path(out_dir)
-    dev = resolve_device(device)
+    ddp = distributed.start(resolve_device(device), cfg.batchnorm, cfg.baseline)  # one process, or a rank under torchrun
+    dev = ddp.device
     ckpt_path, log_path = out / rd.CHECKPOINT, out / rd.LOG
     state = saved = None
-    if ckpt_path.exists():
-        if not resume:
-            raise VeriSparseError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
-        state = load_checkpoint(ckpt_path)
-        saved = rd.check_resumable(state, cfg, out, TrainConfig)
-    else:
-        note = rd.fresh_start_note(out, cfg, resume, TrainConfig)
-        if note:
-            print(f"note: {note}", file=sys.stderr)
+    with ddp.main_only():  # the run directory is rank 0's; the others get the checkpoint from it
+        if ddp.is_main and ckpt_path.exists():
+            if not resume:
+                raise VeriSparseError(f"{out} already holds a run; pass --resume to continue it or choose another "
+                                      "--out")
+            state = load_checkpoint(ckpt_path)
+            saved = rd.check_resumable(state, cfg, out, TrainConfig)
+        elif ddp.is_main:
+            note = rd.fresh_start_note(out, cfg, resume, TrainConfig)
+            if note:
+                print(f"note: {note}", file=sys.stderr)
+    state, saved = ddp.from_main((state, saved))
 
     ds = load_dataset(cfg.dataset, cfg.seed, cfg.data_root, download)
+    ddp.same_everywhere(lambda: (split_hash(ds.x_train, ds.y_train), ds.split["test_sha256"]),
+                        f"the data of {cfg.dataset}")
     if saved is not None and saved["dataset_info"]["split"] != ds.split:
         raise VeriSparseError(f"the dataset under {cfg.dataset} changed since {out} started; cannot resume")
     torch.manual_seed(cfg.seed)
@@ -244,11 +251,13 @@ def _train(cfg, out_dir, resume, device, progress, download, compact, res):
         except (RuntimeError, KeyError, ValueError, TypeError) as e:
             raise VeriSparseError(f"{ckpt_path} does not fit this run's model: {_one_line(e)}") from None
         start_epoch, step, train_seconds = state["epoch"], state["step"], state["train_seconds"]
-        write_jsonl(log_path, [r for r in rd.read_log(log_path) if r["epoch"] <= start_epoch])
-    else:
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "config.json", dict(asdict(cfg), dataset_info=_dataset_info(ds)))
-        write_jsonl(log_path, [])
+    with ddp.main_only():
+        if ddp.is_main and state is not None:
+            write_jsonl(log_path, [r for r in rd.read_log(log_path) if r["epoch"] <= start_epoch])
+        elif ddp.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+            write_json(out / "config.json", dict(asdict(cfg), dataset_info=_dataset_info(ds)))
+            write_jsonl(log_path, [])
 
     n, K = len(ds.y_train), ds.num_classes
     steps_per_epoch = math.ceil(n / cfg.batch_size)
@@ -258,8 +267,8 @@ def _train(cfg, out_dir, resume, device, progress, download, compact, res):
     update_steps = cfg.epochs * steps_per_epoch
     x_train, y_train = ds.x_train.to(dev), ds.y_train.to(dev)
     bar = tqdm(range(start_epoch, total_epochs), initial=start_epoch, total=total_epochs,
-               disable=not progress, desc=f"train {out.name}", unit="epoch")
-    log = rd.read_log(log_path)
+               disable=not (progress and ddp.is_main), desc=f"train {out.name}", unit="epoch")
+    log = ddp.from_main(rd.read_log(log_path) if ddp.is_main else None)
     comp = None  # the compacted sub-network while a structured mask is on (trainer/compact.py)
     for epoch in bar:
         phase = "finetune" if epoch >= cfg.epochs + cfg.prune_epochs else "prune" if epoch >= cfg.epochs else \
@@ -271,39 +280,41 @@ def _train(cfg, out_dir, resume, device, progress, download, compact, res):
             hyd.epoch_start(model, epoch)
         if cfg.baseline == "prune-finetune" and epoch == cfg.epochs:
             if counts is not None:
-                sp.select_units(model, counts)
+                ddp.update_masks(model, lambda: sp.select_units(model, counts))
             else:
-                sp.magnitude_unstructured(model, cfg.sparsity)
+                ddp.update_masks(model, lambda: sp.magnitude_unstructured(model, cfg.sparsity))
         elif _remasks(cfg, counts, epoch):
-            sp.select_units(model, counts)  # re-mask by L2 norm; revived units resume their old weights
+            # re-mask by L2 norm; revived units resume their old weights
+            ddp.update_masks(model, lambda: sp.select_units(model, counts))
         model.train()
         comp = _compacted(comp, compact and counts is not None and phase != "prune", model, opt, ds.input_shape)
         step_model, step_opt = (comp.model, comp.opt) if comp else (model, opt)
         trained = hyd.scores if phase == "prune" else list(step_model.parameters())
         if phase == "prune":  # HYDRA's prune phase moves scores only
             step_opt = hyd.opt
+        step_fn = _step_function(phase, hyd, comp, ds.input_shape)
         threads = cp.set_step_threads(comp, dev)
         order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)).to(dev)
         loss_sum = correct = 0.0
         for b in range(steps_per_epoch):
             idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+            n_batch, idx = len(idx), ddp.shard(idx)  # the global batch, and this rank's slice of it
             xb, yb = x_train[idx], y_train[idx]
             eps, beta, kappa, lr = _schedule(cfg, step, steps_per_epoch)
             for g in step_opt.param_groups:
                 g["lr"] = lr
-            net = hyd.net(model, ds.input_shape) if phase == "prune" else \
-                comp.net if comp else bounded_net(model, ds.input_shape)
             fraction = sp.update_fraction(step, update_steps, cfg.update_fraction, cfg.update_end)
             move = unstructured_moving and step > 0 and step % cfg.update_every == 0 and fraction > 0
-            res.step_begin((phase, len(yb), eps > 0, kappa < 1, beta > 0, cfg.method, move and cfg.regrow), net)
-            loss, logits = certified_loss(net, xb, yb, eps, K, cfg.method, beta, kappa)
-            loss_value = loss.item()
+            res.step_begin((phase, len(yb), eps > 0, kappa < 1, beta > 0, cfg.method, move and cfg.regrow),
+                           step_model)
+            loss, logits, net = ddp.step(step_model, step_fn, xb, yb, eps, K, cfg.method, beta, kappa)
+            loss_value, batch_correct = ddp.batch_totals(loss, logits, yb)
             if not math.isfinite(loss_value):
                 _diverged(epoch, b, f"the loss is {loss_value}")
             grads = None
             if move and cfg.regrow == "rigl":
                 weights = [op.weight for op in net.ops if isinstance(op, (bound_ops.Linear, bound_ops.Conv2d))]
-                grads = torch.autograd.grad(loss, weights, retain_graph=True)
+                grads = ddp.average(torch.autograd.grad(loss, weights, retain_graph=True))
             step_opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(trained, cfg.grad_clip)
@@ -314,9 +325,10 @@ def _train(cfg, out_dir, resume, device, progress, download, compact, res):
                     for _, m in prunable(model):
                         m.weight.mul_(m.weight_mask)  # pruned weights stay exactly zero
             if move:
-                sp.prune_regrow(model, fraction, grads, torch.Generator().manual_seed(cfg.seed + step))
-            loss_sum += loss_value * len(yb)
-            correct += float((logits.argmax(1) == yb).sum())
+                ddp.update_masks(model, lambda: sp.prune_regrow(model, fraction, grads,
+                                                                torch.Generator().manual_seed(cfg.seed + step)))
+            loss_sum += loss_value * n_batch
+            correct += batch_correct
             step += 1
         if comp:
             comp.scatter(replay_pruned=_remasks(cfg, counts, epoch + 1))
@@ -329,28 +341,32 @@ def _train(cfg, out_dir, resume, device, progress, download, compact, res):
         usage = res.epoch_record()  # before evaluation: only training counts
 
         t1 = time.perf_counter()
-        every = cfg.eval_crown_every
-        full = (epoch + 1 == total_epochs and every >= 0) or (every > 0 and (epoch + 1) % every == 0)
-        # The compact network is what export ships (it folds pruned units away), at a fraction of the cost.
-        metrics = evaluate(comp.model if comp else model, ds.x_test, ds.y_test, cfg.eps, K, full_crown=full,
-                           device=dev)
+        record = None
+        with ddp.main_only():  # evaluation, checkpoint and log are rank 0's
+            if ddp.is_main:
+                every = cfg.eval_crown_every
+                full = (epoch + 1 == total_epochs and every >= 0) or (every > 0 and (epoch + 1) % every == 0)
+                # The compact network is what export ships (it folds pruned units away), at a fraction of the cost.
+                metrics = evaluate(comp.model if comp else model, ds.x_test, ds.y_test, cfg.eps, K,
+                                   full_crown=full, device=dev)
+                summary = sp.sparsity_summary(model)
+                record = dict(epoch=epoch + 1, phase=phase, eps_train_now=eps, beta=beta, kappa=kappa, lr=lr,
+                              loss=loss_sum / n, train_acc=correct / n, **metrics, eps=cfg.eps,
+                              sparsity=summary["sparsity"], effective_params=summary["effective_params"],
+                              layer_sparsity={r["layer"]: r["sparsity"] for r in summary["layers"]},
+                              mask_changes=sp.mask_changes(masks_before, [a for _, _, a in sp.alive_masks(model)]),
+                              seconds=epoch_seconds, train_seconds=train_seconds,
+                              eval_seconds=time.perf_counter() - t1, **usage)
+                save_checkpoint(ckpt_path, dict(config=asdict(cfg), epoch=epoch + 1, step=step,
+                                                train_seconds=train_seconds, model=model.state_dict(),
+                                                optimizer=opt.state_dict(), train_macs=res.train_macs,
+                                                hydra=hyd.state_dict() if hyd is not None else None))
+                append_jsonl(log_path, record)
         torch.set_num_threads(threads)
-        summary = sp.sparsity_summary(model)
-        record = dict(epoch=epoch + 1, phase=phase, eps_train_now=eps, beta=beta, kappa=kappa, lr=lr,
-                      loss=loss_sum / n, train_acc=correct / n, **metrics, eps=cfg.eps,
-                      sparsity=summary["sparsity"], effective_params=summary["effective_params"],
-                      layer_sparsity={r["layer"]: r["sparsity"] for r in summary["layers"]},
-                      mask_changes=sp.mask_changes(masks_before, [a for _, _, a in sp.alive_masks(model)]),
-                      seconds=epoch_seconds, train_seconds=train_seconds,
-                      eval_seconds=time.perf_counter() - t1, **usage)
-        save_checkpoint(ckpt_path, dict(config=asdict(cfg), epoch=epoch + 1, step=step,
-                                        train_seconds=train_seconds, model=model.state_dict(),
-                                        optimizer=opt.state_dict(), train_macs=res.train_macs,
-                                        hydra=hyd.state_dict() if hyd is not None else None))
-        append_jsonl(log_path, record)
+        record = ddp.from_main(record)
         log.append(record)
-        bar.set_postfix(eps=f"{eps:.3f}", loss=f"{record['loss']:.3f}", clean=f"{metrics['clean_acc']:.3f}",
-                        ibp=f"{metrics['ibp_verified_acc']:.3f}")
+        bar.set_postfix(eps=f"{eps:.3f}", loss=f"{record['loss']:.3f}", clean=f"{record['clean_acc']:.3f}",
+                        ibp=f"{record['ibp_verified_acc']:.3f}")
     return log
 
 
@@ -365,6 +381,29 @@ def _compacted(comp, wanted: bool, model, opt, in_shape):
     if not (wanted and cp.compactable(model)):
         return None
     return comp if comp is not None and comp.matches(model) else cp.Compacted(model, opt, in_shape)
+
+
+def _certified_step(model, xb, yb, eps, num_classes, method, beta, kappa):
+    """One batch on the masked model: (loss, clean logits, the bounded net whose weights RigL reads)."""
+    net = bounded_net(model, xb.shape[1:])
+    loss, logits = certified_loss(net, xb, yb, eps, num_classes, method, beta, kappa)
+    return loss, logits, net
+
+
+def _step_function(phase, hyd, comp, in_shape):
+    """The batch's loss as ddp.step runs it, fn(module, xb, yb, ...) -> (loss, logits, net), and
+    the module whose parameters it trains. The same function object serves a whole epoch, so
+    under DDP the wrapper is rebuilt only when the module or the phase changes."""
+    if phase == "prune":  # HYDRA: the masked weights through top-k scores
+        def fn(model, xb, *args):
+            net = hyd.net(model, in_shape)
+            return (*certified_loss(net, xb, *args), net)
+        return fn
+    if comp is not None:  # the compacted sub-network's prebuilt bounded net
+        def fn(model, xb, *args):
+            return (*certified_loss(comp.net, xb, *args), comp.net)
+        return fn
+    return _certified_step
 
 
 def _one_line(e: Exception):

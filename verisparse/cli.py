@@ -1,6 +1,7 @@
 """The verisparse command line."""
 from __future__ import annotations
 
+import os
 import sys
 
 import click
@@ -118,6 +119,8 @@ Examples:
   verisparse train --baseline hydra --sparsity 0.9 --out runs/hydra
   # continue a killed run from its last checkpoint
   verisparse train --out runs/default --resume
+  # data-parallel over 2 processes (same global batch, same result as one process)
+  verisparse train --nproc 2 --out runs/ddp
   # a dataset you bring: npz with x_train, y_train, x_test, y_test in [0, 1]
   verisparse train --dataset npz:data/sensors.npz --arch mlp_3layer --eps 0.05 --out runs/sensors
 """)
@@ -163,12 +166,29 @@ Examples:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def train(out, resume, device, quiet, download, **settings):
-    """Train a certifiably robust sparse network into a run directory."""
+@click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Data-parallel processes on this machine (launches torchrun; gloo on CPU, one GPU each on "
+                   "CUDA). --batch-size stays the global batch, so results do not depend on it.")
+def train(out, resume, device, quiet, download, nproc, **settings):
+    """Train a certifiably robust sparse network into a run directory.
+
+    \b
+    Across processes or machines, start it under torchrun (README: Scaling out):
+      torchrun --standalone --nproc-per-node 2 -m verisparse train ... --out runs/ddp
+    """
+    from .trainer import distributed
+    if distributed.under_torchrun():
+        world = int(os.environ["WORLD_SIZE"])
+        if nproc not in (1, world):
+            raise VeriSparseError(f"--nproc {nproc} but torchrun started {world} processes; "
+                                  "drop --nproc under torchrun")
+    elif nproc > 1:
+        sys.exit(distributed.launch(nproc, sys.argv[1:], device))
     from .trainer.train import TrainConfig, train as run_training
     cfg = TrainConfig(**settings)
     log = run_training(cfg, out, resume=resume, device=device, progress=not quiet, download=download)
-    _print_summary(log, out)
+    if int(os.environ.get("RANK", "0")) == 0:
+        _print_summary(log, out)
 
 
 @main.command(epilog="""\b
