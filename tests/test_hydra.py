@@ -152,7 +152,7 @@ def _count_step(model, x, y, eps):
     res.start(torch.device("cpu"))
     res.epoch_start()
     net = bounded_net(model, x.shape[1:])
-    res.step_begin(("test", len(y), eps > 0), net)
+    res.step_begin(("test", len(y), eps > 0), model)
     loss, _ = certified_loss(net, x, y, eps, 10, "ibp", 0.0, 0.0 if eps > 0 else 1.0)
     loss.backward()
     res.step_end()
