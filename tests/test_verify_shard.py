@@ -12,6 +12,7 @@ from click.testing import CliRunner
 
 from conftest import trained_digits_export
 from verisparse.cli import main
+from verisparse.verify.certificate import derived_summary
 from verisparse.verify.shard import parse, slice_of
 
 N = 200  # four chunks of 50 on the small model: 3 shards get 1, 1 and 2 chunks
@@ -135,8 +136,14 @@ def test_merge_refuses_overlap_gap_and_mismatch(run_dir, three, tmp_path):
     _refused([a, b], tmp_path, "in no shard")  # the tail missing
     two = _shards(run_dir, tmp_path, 2)
     _refused([two[0], b, c], tmp_path, "shard.count")  # slices of two different splits
-    _refused([a, _edited(tmp_path, b, lambda d: d["shard"].update(start=0), "overlap.json"), c],
-             tmp_path, "overlaps")
+    # shard 1 grown over shard 0's samples, consistent in itself
+    first = json.loads(a.read_text())
+
+    def grow(d):
+        d["samples"] = first["samples"] + d["samples"]
+        d["shard"]["start"] = 0
+        d["summary"] = derived_summary(d)
+    _refused([a, _edited(tmp_path, b, grow, "overlap.json"), c], tmp_path, "overlaps")
     other = "0" * 64
     for field, change in (("artifact.sha256", lambda d: d["artifact"].update(sha256=other)),
                           ("eps", lambda d: d.update(eps=0.2)),
