@@ -199,7 +199,8 @@ def test_torchrun_two_gloo_ranks_merge_into_the_unsharded_certificate(run_dir, w
     torchrun = Path(sys.executable).with_name("torchrun")
     env = dict(os.environ, OMP_NUM_THREADS="1")
     r = subprocess.run([str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "verisparse", "verify",
-                        str(run_dir / "model.onnx"), *map(str, ARGS), "--shard", "auto", "--report", str(out)],
+                        str(run_dir / "model.onnx"), "--samples", str(N), *map(str, ARGS[2:]), "--shard", "auto",
+                        "--report", str(out)],
                        capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
     merged = json.loads(out.read_text())

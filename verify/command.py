@@ -52,6 +52,7 @@ Sharded (shards numbered 0..N-1; merge applies --min-vra to the whole run):
   verisparse verify runs/default/model.onnx --shard 1/2 --report shard-1.json
   verisparse verify --merge shard-*.json --report cert.json --min-vra 0.85
   torchrun --nproc-per-node 2 -m verisparse verify runs/default/model.onnx --shard auto --report cert.json
+      --samples 1000
 """)
 @click.argument("paths", metavar="[ARTIFACT | SHARD.json ...]", nargs=-1, type=click.Path())
 @click.option("--eps", type=float, default=None, callback=_eps,
@@ -59,7 +60,9 @@ Sharded (shards numbered 0..N-1; merge applies --min-vra to the whole run):
 @click.option("--dataset", default=None, help="mnist5k, digits, ..., npz:PATH or csv:PATH [default: the artifact's].")
 @click.option("--data-root", type=click.Path(), default=None, help="Folder with torchvision-layout datasets.")
 @click.option("--split", type=click.Choice(["test", "train"]), default="test", show_default=True)
-@click.option("--n", "n", type=int, default=None, callback=_positive, help="Verify the first N samples of the split.")
+@click.option("--n", "--samples", "n", type=int, default=None, callback=_positive,
+              help="Verify the first N samples of the split (under torchrun write --samples: torchrun takes --n "
+                   "for an abbreviation of its own options).")
 @click.option("--method", type=click.Choice(METHODS), default="auto", show_default=True,
               help="ibp, crown, milp (complete, time-limited) or auto (the strongest the artifact supports).")
 @click.option("--time-limit", type=float, default=10.0, show_default=True, callback=_positive,
