@@ -135,15 +135,29 @@ def test_tf32_off_in_the_trainers_evaluation(tf32_on):
     assert out["clean_acc"] == 1.0
 
 
+@pytest.fixture(scope="module")
+def int8_run(tmp_path_factory):
+    return trained_digits_export(tmp_path_factory.mktemp("int8") / "mlp", "mlp_2layer", eps=0.05, epochs=2)
+
+
 @pytest.mark.slow
-def test_tf32_off_in_int8_verification(tf32_on, tmp_path):
+def test_tf32_off_in_int8_verification(tf32_on, int8_run):
     from verisparse.trainer.datasets import load_dataset
     from verisparse.verify.artifact import load_artifact
-    run = trained_digits_export(tmp_path / "mlp", "mlp_2layer", eps=0.05, epochs=2)
     ds = load_dataset("digits")
-    art = load_artifact(run / "model_int8.tflite")
+    art = load_artifact(int8_run / "model_int8.tflite")
     res = art.verify(ds.x_test[:30], ds.y_test[:30], 0.05, "crown")
     assert len(res) == 30 and np.isfinite([r.margin_lower for r in res]).any()
+
+
+@pytest.mark.slow
+def test_int8_verification_refuses_cuda(int8_run, monkeypatch):
+    from click.testing import CliRunner
+
+    from verisparse.cli import main
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # as on a GPU machine
+    r = CliRunner().invoke(main, ["verify", str(int8_run / "model_int8.tflite"), "--n", "5", "--device", "cuda"])
+    assert r.exit_code == 2 and "on the CPU" in r.output, r.output
 
 
 def test_device_cuda_without_cuda_exits_2(tmp_path, monkeypatch):

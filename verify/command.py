@@ -8,6 +8,7 @@ Heavy imports (torch, onnx, scipy) stay inside the functions so `verisparse --he
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 
@@ -145,6 +146,9 @@ def _verify(artifact, eps, dataset, data_root, split, n, method, time_limit, min
     from verisparse.verify.samples import dataset_name, load_split
     art = load_artifact(artifact, limits, trust_paths=trust_artifact_paths, user_dataset=dataset)
     dev = _resolve_device(art, device)
+    if distributed and dev == "cuda":  # one GPU per rank on a multi-GPU node
+        import torch
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
     defaults = _run_defaults(art)
     eps = eps if eps is not None else _default_eps(art, defaults)
     name = dataset_name(dataset, defaults.get("dataset"), f"{art.path}", trust_artifact_paths)
@@ -167,7 +171,7 @@ def _verify(artifact, eps, dataset, data_root, split, n, method, time_limit, min
         cert["shard"] = sharding.record(*part, start, stop, len(y), art.chunk)
     if radii:
         cert["eps_sweep"], cert["eps_sweep_certified_radius"] = sweep_mod.sweep(
-            art, x, y, radii, eps, results, method_used, time_limit)
+            art, x, y, radii, eps, results, method_used, time_limit, dev)
     if distributed:
         cex = {r.index: r.counterexample for r in results if r.counterexample is not None}
         click.echo(f"rank {part[0]}: certified samples {start}..{stop - 1} of {len(y)}", err=True)
