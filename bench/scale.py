@@ -56,7 +56,7 @@ def ensure_run(run):
     if not (run / "model.onnx").is_file():
         _note(f"training a short default run into {run}")
         subprocess.run([str(BIN / "verisparse"), "train", "--dataset", "mnist5k", "--arch", "cnn_4layer",
-                        "--eps", "0.1", "--sparsity", "0.9", "--epochs", "20", "--eval-crown-every", "-1",
+                        "--eps", "0.1", "--sparsity", "0.9", "--epochs", "3", "--eval-crown-every", "-1",
                         "--quiet", "--out", str(run)], check=True)
         subprocess.run([str(BIN / "verisparse"), "export", str(run)], check=True, stdout=subprocess.DEVNULL)
     return run
