@@ -157,11 +157,13 @@ def _verify(artifact, eps, dataset, data_root, split, n, method, time_limit, min
     from verisparse.verify import eps_sweep as sweep_mod
     radii = sweep_mod.parse(eps_sweep) if eps_sweep else None
     start, stop = sharding.slice_of(len(y), art.chunk, *part) if part else (0, len(y))
-    if part and not distributed and not report:
-        default = _default_report(art)
-        if default is None:
-            raise VeriSparseError(f"{art.path} is not in a run directory: pass --report for the shard's certificate")
-        report = sharding.report_name(default, *part)
+    if not report:
+        report = _default_report(art)
+        if part and not distributed:  # a shard never takes the run's certificate name
+            if report is None:
+                raise VeriSparseError(f"{art.path} is not in a run directory: pass --report for the shard's "
+                                      "certificate")
+            report = sharding.report_name(report, *part)
     t0 = time.perf_counter()
     results = art.verify(x[start:stop], y[start:stop], eps, method_used, time_limit=time_limit,
                          time_budget=time_budget, offset=start, device=dev)
@@ -179,7 +181,6 @@ def _verify(artifact, eps, dataset, data_root, split, n, method, time_limit, min
         if merged is None:
             sys.exit(0 if passed else 1)
         cert, cex = merged
-        report = report or _default_report(art)
         if report:
             certificate.write_with_counterexamples(report, cert, cex)
     elif report:
