@@ -108,7 +108,8 @@ def verification_rows(run, samples, method):
         shards = [[vs, *_verify_cmd(run, samples, method, "cpu", "--shard", f"{i}/2",
                                     "--report", str(tmp / f"shard-{i}.json"))] for i in range(2)]
         wall = _timed(shards, _threads_env(max(1, cores // 2)))
-        wall += _timed([[vs, "verify", "--merge", str(tmp / "shard-0.json"), str(tmp / "shard-1.json"),
+        wall += _timed([[vs, "verify", str(run / "model.onnx"), "--merge", str(tmp / "shard-0.json"),
+                         str(tmp / "shard-1.json"),
                          "--report", str(tmp / "merged.json")]], _threads_env(cores))
         got, verified = _verdicts(tmp / "merged.json")
         rows.append(("2 shards + --merge (CPU)", 2, wall, verified, got == ref))
@@ -149,7 +150,7 @@ def main():
     ap.add_argument("--samples", type=int, default=1000)
     ap.add_argument("--method", default="crown", choices=["ibp", "crown", "auto", "milp"])
     args = ap.parse_args()
-    run = ensure_run(args.run)
+    run = ensure_run(args.run).absolute()
     print(f"Machine: {machine()}\n")
     print(verification_table(verification_rows(run, args.samples, args.method), args.samples, args.method, run))
 
