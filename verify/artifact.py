@@ -33,11 +33,14 @@ class Artifact:
     in_shape: tuple
     num_classes: int
     metadata: dict                         # eps, dataset, ... as the producer recorded them
-    verify: Callable                       # (x, y, eps, method, time_limit, time_budget) -> [SampleResult]
+    verify: Callable                       # (x, y, eps, method, time_limit, time_budget, offset, device)
+                                           # -> [SampleResult]
     methods: tuple                         # the --method values this artifact supports
     run: Callable                          # float32 (B, *in_shape) -> logits, the artifact's runtime
     extra: dict = field(default_factory=dict)
     elements: int = 0                      # activation elements of one sample, summed over the layers
+    chunk: int = 1                         # samples verified together under a time budget (see _budgeted)
+    devices: tuple = ("cpu",)              # where its bounds can run
 
 
 def load_artifact(path, limits=DEFAULTS, trust_paths=False, user_dataset=None) -> Artifact:
@@ -62,26 +65,35 @@ def load_artifact(path, limits=DEFAULTS, trust_paths=False, user_dataset=None) -
 _BUDGET_CHUNK = 50
 
 
-def _budgeted(verify_batches, elements, widest, num_classes):
-    """verify(x, y, eps, method, time_limit, time_budget): in batches sized to the model; with a
-    time budget, the samples left when it runs out end unknown, decided by "time-budget"."""
-    size = batch_size(elements, widest, num_classes)
+def chunk_size(elements, widest, num_classes):
+    """Samples verified together under a time budget: a sample's verdict depends only on its
+    chunk (one bound batch, one attack random stream), which sharded runs rely on."""
+    return min(batch_size(elements, widest, num_classes), _BUDGET_CHUNK)
 
-    def verify(x, y, eps, method, time_limit=10.0, time_budget=None):
+
+def _budgeted(verify_batches, elements, widest, num_classes):
+    """verify(x, y, eps, method, time_limit, time_budget, offset, device): in batches sized to
+    the model; with a time budget, in chunks, and the samples left when it runs out end
+    unknown, decided by "time-budget". offset: the split index of x[0] (a shard's first sample)."""
+    size = batch_size(elements, widest, num_classes)
+    chunk = chunk_size(elements, widest, num_classes)
+
+    def verify(x, y, eps, method, time_limit=10.0, time_budget=None, offset=0, device="cpu"):
         if time_budget is None:
-            return verify_batches(x, y, eps, method, time_limit, range(len(y)), size)
+            return verify_batches(x, y, eps, method, time_limit, range(offset, offset + len(y)), size, device)
         from .float_verify import SampleResult
         start, results = time.perf_counter(), []
-        for s in range(0, len(y), min(size, _BUDGET_CHUNK)):
+        for s in range(0, len(y), chunk):
             left = time_budget - (time.perf_counter() - start)
-            e = min(s + min(size, _BUDGET_CHUNK), len(y))
+            e = min(s + chunk, len(y))
             try:
                 if left <= 0:
                     raise _OutOfTime()
                 with deadline(left, _OutOfTime()):
-                    results += verify_batches(x[s:e], y[s:e], eps, method, time_limit, range(s, e), size)
+                    results += verify_batches(x[s:e], y[s:e], eps, method, time_limit,
+                                              range(offset + s, offset + e), size, device)
             except _OutOfTime:
-                results += [SampleResult(i, int(y[i]), "unknown", "time-budget", -math.inf, None, 0.0)
+                results += [SampleResult(offset + i, int(y[i]), "unknown", "time-budget", -math.inf, None, 0.0)
                             for i in range(s, len(y))]
                 break
         return results
@@ -95,12 +107,13 @@ class _OutOfTime(Exception):
 def _float_artifact(p, kind, digest, net, in_shape, num_classes, meta, runtime, elements, widest):
     from .float_verify import METHODS, verify_float
 
-    def verify_batches(x, y, eps, method, time_limit, indices, size):
+    def verify_batches(x, y, eps, method, time_limit, indices, size, device):
         return verify_float(net, runtime, x, y, eps, method, indices=indices, time_limit=time_limit,
-                            batch_size=size)
+                            batch_size=size, device=device)
     return Artifact(p, kind, digest, tuple(in_shape), num_classes, meta,
                     _budgeted(verify_batches, elements, widest, num_classes), METHODS, runtime,
-                    extra=dict(net=net), elements=elements)
+                    extra=dict(net=net), elements=elements, chunk=chunk_size(elements, widest, num_classes),
+                    devices=("cpu", "cuda"))
 
 
 def _tflite(p, digest, limits):
@@ -115,10 +128,12 @@ def _tflite(p, digest, limits):
     art = load_tflite_artifact(p, digest)
     model = art.extra["model"]
 
-    def verify_batches(x, y, eps, method, time_limit, indices, size):
+    # the integer bounds run on the CPU: Requant's rounding is numpy int64 arithmetic
+    def verify_batches(x, y, eps, method, time_limit, indices, size, device):
         return verify_int8(model, art.run, x, y, eps, method, indices, batch_size=size)
     art.verify = _budgeted(verify_batches, sum(sizes), max(sizes, default=1), art.num_classes)
     art.elements = sum(sizes)
+    art.chunk = chunk_size(sum(sizes), max(sizes, default=1), art.num_classes)
     return art
 
 

@@ -70,11 +70,17 @@ def counterexample_path(report_path):
 def write(report_path, cert, results):
     """The artifact's path is stored relative to the certificate's folder when the artifact
     lies under it, so the pair can move together; `--check` resolves it from there."""
+    write_with_counterexamples(report_path, cert, {r.index: r.counterexample for r in results
+                                                   if r.counterexample is not None})
+
+
+def write_with_counterexamples(report_path, cert, counterexamples):
+    """write(), with the counterexamples as {sample index: input}."""
     art_path = Path(cert["artifact"]["path"]).absolute()
     folder = Path(report_path).absolute().parent
     if art_path.is_relative_to(folder):
         cert = dict(cert, artifact=dict(cert["artifact"], path=os.path.relpath(art_path, folder)))
-    cex = [(r.index, r.counterexample) for r in results if r.counterexample is not None]
+    cex = sorted(counterexamples.items(), key=lambda kv: kv[0])
     if cex:
         path = counterexample_path(report_path)
         idx = np.array([i for i, _ in cex], dtype=np.int64)
@@ -105,6 +111,7 @@ METHODS = ("ibp", "crown", "milp", "auto")
 STATUSES = ("verified", "falsified", "unknown")
 STAGES = ("clean", "ibp", "crown", "milp", "int8-ibp", "int8-crown", "pgd", "int8-search", "time-budget")
 MAX_TIME_LIMIT_S = 3600.0  # per sample; a larger claim is a forged or broken certificate
+MAX_SHARDS = 100_000
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -168,12 +175,21 @@ def validate(cert, where, allow_empty=False):
     if not 0 < limit <= MAX_TIME_LIMIT_S:
         bad("time_limit_s", f"must be in (0, {MAX_TIME_LIMIT_S:g}] seconds; got {limit}")
     samples = cert["samples"]
-    if not isinstance(samples, list) or len(samples) != n:
-        bad("samples", f"must be a list of dataset.n = {n} records")
+    first, stop = 0, n
+    if "shard" in cert:  # a slice of the samples (verify.shard): its records are that slice's
+        sh = mapping(cert["shard"], "shard")
+        count = integer(sh.get("count"), "shard.count", 1, MAX_SHARDS)
+        integer(sh.get("index"), "shard.index", 0, count - 1)
+        integer(sh.get("total"), "shard.total", n, n)
+        integer(sh.get("chunk"), "shard.chunk", 1)
+        first = integer(sh.get("start"), "shard.start", 0, n)
+        stop = integer(sh.get("stop"), "shard.stop", first, n)
+    if not isinstance(samples, list) or len(samples) != stop - first:
+        bad("samples", f"must be a list of {stop - first} records" + ("" if "shard" in cert else " (dataset.n)"))
     seen = set()
     for k, r in enumerate(samples):
         mapping(r, f"samples[{k}]")
-        i = integer(r.get("index"), f"samples[{k}].index", 0, n - 1)
+        i = integer(r.get("index"), f"samples[{k}].index", first, stop - 1)
         if i in seen:
             bad(f"samples[{k}].index", f"repeats sample {i}")
         seen.add(i)

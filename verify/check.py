@@ -121,8 +121,8 @@ def _counterexample_problems(cert_path, cert, art, x, y, input_box):
     status = {r["index"]: r["status"] for r in cert["samples"]}
     problems = [f"sample {i} is claimed falsified but has no counterexample"
                 for i, s in status.items() if s == "falsified" and i not in cex][:5]
-    problems += [f"sample {i} has a counterexample but is claimed {status[i]}"
-                 for i in cex if status[i] != "falsified"][:5]
+    problems += [f"sample {i} has a counterexample but is claimed {status.get(i, 'nothing')}"
+                 for i in cex if status.get(i) != "falsified"][:5]
     x_l, x_u = input_box(x, cert["eps"])
     for i, xc in sorted(cex.items()):
         inside = (xc >= x_l[i].numpy()).all() and (xc <= x_u[i].numpy()).all()

@@ -31,7 +31,7 @@ def parse(spec):
     return sorted({round(start + k * step, 10) for k in range(count)})
 
 
-def sweep(art, x, y, radii, anchor_eps, anchor_results, method, time_limit):
+def sweep(art, x, y, radii, anchor_eps, anchor_results, method, time_limit, device="cpu"):
     """-> (points, certified_radius): points are dicts {eps, verified, falsified, unknown,
     verified_accuracy} sorted by eps; certified_radius[i] is the largest radius of the sweep
     at which sample i is verified (0.0 when none), in the order of anchor_results."""
@@ -45,14 +45,14 @@ def sweep(art, x, y, radii, anchor_eps, anchor_results, method, time_limit):
     for e in above:                       # ascending: falsified stays falsified
         st = list(status[prev])
         todo = [i for i in range(n) if st[i] != "falsified"]
-        for i, r in zip(todo, _run(art, x, y, todo, e, method, time_limit)):
+        for i, r in zip(todo, _run(art, x, y, todo, e, method, time_limit, device)):
             st[i] = "unknown" if r.status == "verified" and status[prev][i] != "verified" else r.status
         status[e], prev = st, e
     prev = anchor
     for e in below:                       # descending: verified stays verified
         st = list(status[prev])
         todo = [i for i in range(n) if st[i] != "verified"]
-        for i, r in zip(todo, _run(art, x, y, todo, e, method, time_limit)):
+        for i, r in zip(todo, _run(art, x, y, todo, e, method, time_limit, device)):
             st[i] = r.status
         status[e], prev = st, e
     points = []
@@ -65,7 +65,7 @@ def sweep(art, x, y, radii, anchor_eps, anchor_results, method, time_limit):
     return points, certified
 
 
-def _run(art, x, y, todo, eps, method, time_limit):
+def _run(art, x, y, todo, eps, method, time_limit, device):
     if not todo:
         return []
-    return art.verify(x[todo], y[todo], eps, method, time_limit=time_limit)
+    return art.verify(x[todo], y[todo], eps, method, time_limit=time_limit, device=device)

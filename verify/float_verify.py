@@ -65,16 +65,17 @@ def _min_margin(lb, y):
 
 
 def verify_float(net: BoundedNet, runtime, x, y, eps, method="crown", indices=None, time_limit=10.0,
-                 batch_size=200, attack_steps=40, attack_restarts=2, seed=0):
+                 batch_size=200, attack_steps=40, attack_restarts=2, seed=0, device="cpu"):
     """runtime(x: np.ndarray float32 batch) -> logits from the artifact's own executor (ONNX
-    Runtime for ONNX files); counterexamples count only when it confirms them."""
+    Runtime for ONNX files); counterexamples count only when it confirms them. The IBP and
+    CROWN stages run on device (TF32 off); the attack and MILP on the CPU."""
     if method not in METHODS:
         raise ValueError(method)
     indices = list(range(len(y))) if indices is None else list(indices)
     results = []
     gen = torch.Generator().manual_seed(seed)
     mnet = None
-    sound = SoundBounds(net, x.shape[1:])
+    sound = SoundBounds(net, x.shape[1:], device)
     for s in range(0, len(y), batch_size):
         xb, yb = x[s:s + batch_size], y[s:s + batch_size]
         out, mnet = _batch(net, sound, runtime, xb, yb, eps, method, time_limit, gen, attack_steps,

@@ -25,7 +25,7 @@ from .bounds import margin_spec
 from .float_verify import SampleResult, _min_margin
 from .int8_attack import integer_search
 from .int8_bounds import margin_ibp
-from .rounding import inner_box, sound_box
+from .rounding import inner_box, no_tf32, sound_box
 
 METHODS = ("ibp", "crown", "auto")
 PROOF_SLACK = 1e-3  # float64 error on an integer margin bound is far below this
@@ -111,16 +111,16 @@ def _batch(model, runtime, xb, yb, eps, method, gen, steps, restarts):
     u_l, u_u = model.input_box(x_l.numpy(), x_u.numpy())
     a_l, a_u = inner_box(xb, eps)
     C = margin_spec(yb, model.num_classes).double()
-    with torch.no_grad():
-        lb = margin_ibp(model.net, u_l, u_u, C)
-    ok = (_min_margin(lb, yb) > PROOF_SLACK) & correct
     stage = ["int8-ibp"] * B
-    if method != "ibp":
-        for intermediate in ("ibp", "crown"):  # CROWN-IBP first, then full CROWN on the rest
+    # float64 on integer values is exact whatever the TF32 flags; no_tf32 keeps that so if a
+    # float32 step is ever added here
+    with torch.no_grad(), no_tf32():
+        lb = margin_ibp(model.net, u_l, u_u, C)
+        ok = (_min_margin(lb, yb) > PROOF_SLACK) & correct
+        for intermediate in ("ibp", "crown") if method != "ibp" else ():  # CROWN-IBP, then full CROWN
             todo = (correct & ~ok).nonzero().squeeze(1)
             if len(todo):
-                with torch.no_grad():
-                    lb[todo] = torch.maximum(lb[todo], model.net.crown(u_l[todo], u_u[todo], C[todo], intermediate))
+                lb[todo] = torch.maximum(lb[todo], model.net.crown(u_l[todo], u_u[todo], C[todo], intermediate))
                 ok[todo] = _min_margin(lb[todo], yb[todo]) > PROOF_SLACK
                 for i in todo.tolist():
                     stage[i] = "int8-crown"

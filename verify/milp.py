@@ -26,7 +26,7 @@ import torch
 
 from .bounds import BoundedNet
 from .ops import ReLU
-from .rounding import sound_net
+from .rounding import no_tf32, sound_net
 
 # HiGHS works to a primal feasibility tolerance of 1e-7, an integrality tolerance of 1e-6 and
 # a relative gap of 1e-4; a proof must clear this margin, relative to the size of the terms
@@ -80,6 +80,8 @@ class MilpNet:
             raise ValueError("the network must end in an affine layer")
         self.layers.append(Layer(W, b, None, parts))
 
+    @torch.no_grad()
+    @no_tf32()
     def pre_bounds(self, x_l, x_u):
         """Sound CROWN pre-activation bounds of the executed network, per ReLU op index, and
         the half-width of the runtime's error on each layer's output, per layer: (B, n) arrays."""

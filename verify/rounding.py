@@ -48,21 +48,27 @@ def gamma(k, u=U32):
     return k * u / (1 - k * u)
 
 
-def converted(net: BoundedNet, dtype) -> BoundedNet:
-    """A copy of net whose tensors have dtype (float32 weights upcast exactly to float64)."""
+def converted(net: BoundedNet, dtype, device=None) -> BoundedNet:
+    """A copy of net whose tensors have dtype (float32 weights upcast exactly to float64), on
+    device (None: where they are)."""
     ops = []
     for op in net.ops:
         new = copy.copy(op)
         for k, v in vars(op).items():
-            if isinstance(v, torch.Tensor) and v.is_floating_point():
-                setattr(new, k, v.detach().to(dtype))
+            if isinstance(v, torch.Tensor):
+                setattr(new, k, v.detach().to(device=device, dtype=dtype if v.is_floating_point() else None))
         ops.append(new)
     return BoundedNet(ops)
 
 
+def net_device(net):
+    return next((v.device for op in net.ops for v in vars(op).values() if isinstance(v, torch.Tensor)),
+                torch.device("cpu"))
+
+
 def _sizes(net, in_shape, dtype):
     """Per-sample element counts at each op's input and output."""
-    device = next((v.device for op in net.ops for v in vars(op).values() if isinstance(v, torch.Tensor)), "cpu")
+    device = net_device(net)
     x = torch.zeros(1, *in_shape, dtype=dtype, device=device)
     sizes = []
     for op in net.ops:
@@ -78,10 +84,10 @@ def _error_interval(op, g):
     return err
 
 
-def sound_net(net: BoundedNet, in_shape, dtype=torch.float64) -> BoundedNet:
-    """A copy of net in dtype whose bounds hold for the network as a float32 runtime
-    executes it, whatever the rounding of the bound arithmetic (see above)."""
-    c = converted(net, dtype)
+def sound_net(net: BoundedNet, in_shape, dtype=torch.float64, device=None) -> BoundedNet:
+    """A copy of net in dtype (on device) whose bounds hold for the network as a float32
+    runtime executes it, whatever the rounding of the bound arithmetic (see above)."""
+    c = converted(net, dtype, device)
     u_c = torch.finfo(dtype).eps / 2
     depth = len(c.ops) + 8  # partial sums carried across ops, the spec's few terms
     errors = {}
@@ -135,11 +141,13 @@ def outward(x_l, x_u, dtype):
 
 
 class SoundBounds:
-    """One network's sound bounds, float32 first and float64 on what that leaves open."""
+    """One network's sound bounds, float32 first and float64 on what that leaves open, on
+    device (None: where net's tensors are); inputs and results stay where the caller has them."""
 
-    def __init__(self, net: BoundedNet, in_shape):
-        self.nets = {torch.float32: sound_net(net, in_shape, torch.float32),
-                     torch.float64: sound_net(net, in_shape, torch.float64)}
+    def __init__(self, net: BoundedNet, in_shape, device=None):
+        self.nets = {torch.float32: sound_net(net, in_shape, torch.float32, device),
+                     torch.float64: sound_net(net, in_shape, torch.float64, device)}
+        self.device = net_device(self.nets[torch.float32])
 
     def tighten(self, x_l, x_u, C, y, lb, todo, stages):
         """Raise the margin lower bounds lb (float64, (B, S)) of the rows in todo (bool) with
@@ -154,11 +162,11 @@ class SoundBounds:
                 if not len(rows):
                     continue
                 net = self.nets[dtype]
-                lo, hi = outward(x_l[rows], x_u[rows], dtype)
-                Cr = C[rows].to(dtype)
+                lo, hi = (v.to(self.device) for v in outward(x_l[rows], x_u[rows], dtype))
+                Cr = C[rows].to(device=self.device, dtype=dtype)
                 if kind == "ibp":
                     new = net.ibp(lo, hi, Cr)[0]
                 else:
                     new = net.crown(lo, hi, Cr, "ibp" if kind == "crown-ibp" else "crown")
-                lb[rows] = torch.maximum(lb[rows], new.double())
+                lb[rows] = torch.maximum(lb[rows], new.double().to(lb.device))
         return touched
