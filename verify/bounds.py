@@ -20,8 +20,9 @@ def _relaxed(op):
 def _through_lines(A, lines, lower: bool):
     """Pull A back through lo_s·x + lo_c <= f(x) <= up_s·x + up_c (per neuron; tensors shaped
     like A without its spec dimension, or 0-d): a lower bound on A·f(x) takes the lower line
-    where A > 0 and the upper one where A < 0; an upper bound the other way round."""
-    lo_s, lo_c, up_s, up_c = (t.unsqueeze(1) if t.dim() else t for t in lines)
+    where A > 0 and the upper one where A < 0; an upper bound the other way round. A tensor
+    that already has the spec dimension (alpha-CROWN's slopes, one per spec row) is used as it is."""
+    lo_s, lo_c, up_s, up_c = (t.unsqueeze(1) if t.dim() == A.dim() - 1 else t for t in lines)
     if not lower:
         lo_s, lo_c, up_s, up_c = up_s, up_c, lo_s, lo_c
     pos = A > 0
@@ -148,9 +149,10 @@ class BoundedNet:
             bound = bound - slack if lower else bound + slack
         return bound
 
-    def _backward(self, A, end, lay, lower: bool, rows=None):
+    def _backward(self, A, end, lay, lower: bool, rows=None, slopes=None):
         """Pull linear functions A of ops[end-1]'s output back to the network input.
-        rows: for each batch row of A, the sample whose pre-activation bounds apply."""
+        rows: for each batch row of A, the sample whose pre-activation bounds apply.
+        slopes: {op index: lower-line slopes shaped like A} replacing CROWN's (alpha-CROWN)."""
         pre = lay.pre
         const = A.new_zeros(A.shape[:2])
         for i in reversed(range(end)):
@@ -163,6 +165,8 @@ class BoundedNet:
                 lines = op.lines(*pre[i])  # once per sample, then one copy per row
                 if rows is not None:
                     lines = tuple(t[rows] if t.dim() else t for t in lines)
+                if slopes is not None and i in slopes:
+                    lines = (slopes[i],) + tuple(lines[1:])
                 A, c = _through_lines(A, lines, lower)
             else:
                 A, c = op.backward(A)
@@ -215,6 +219,17 @@ class BoundedNet:
         bounds, CROWN for the output); 'crown' refines them with CROWN first.
         Returns lower bounds (B, S), or (lower, upper) when upper=True; with_ibp=True also
         returns IBP's lower bound from the same interval pass (what CROWN-IBP training mixes)."""
+        end, W, const0, lay, slack = self.output_problem(x_l, x_u, C, intermediate)
+        result = [self.output_bound(W, const0, end, lay, slack, x_l, x_u, True)]
+        if upper:
+            result.append(self.output_bound(W, const0, end, lay, slack, x_l, x_u, False))
+        if with_ibp:
+            result.append(self._apply_spec(lay, C)[0])
+        return result[0] if len(result) == 1 else tuple(result)
+
+    def output_problem(self, x_l, x_u, C, intermediate="crown"):
+        """What bounding C·f(x) linearly needs: (number of ops before the spec, spec-linear W,
+        its constant, the layers' bounds, the merged op's rounding slack)."""
         ops, W, b = self._split_spec(C)
         lay = self._ibp_layers(x_l, x_u, ops)
         if intermediate == "crown" and lay.pre:
@@ -223,11 +238,9 @@ class BoundedNet:
             raise ValueError(f"unknown intermediate bounds {intermediate!r}")
         const0 = b if b is not None else W.new_zeros(W.shape[:2])
         slack = self._spec_slack(lay, C) if C is not None else 0
-        Al, cl = self._backward(W, len(ops), lay, lower=True)
-        result = [self._concretize(Al, cl + const0, x_l, x_u, True) - slack]
-        if upper:
-            Au, cu = self._backward(W, len(ops), lay, lower=False)
-            result.append(self._concretize(Au, cu + const0, x_l, x_u, False) + slack)
-        if with_ibp:
-            result.append(self._apply_spec(lay, C)[0])
-        return result[0] if len(result) == 1 else tuple(result)
+        return len(ops), W, const0, lay, slack
+
+    def output_bound(self, W, const0, end, lay, slack, x_l, x_u, lower: bool, slopes=None):
+        A, c = self._backward(W, end, lay, lower, slopes=slopes)
+        bound = self._concretize(A, c + const0, x_l, x_u, lower)
+        return bound - slack if lower else bound + slack

@@ -7,6 +7,8 @@ Stages run cheapest first and each runs only on what the one before left open:
                  with CROWN intermediate bounds where that left a sample open (method crown
                  stops here);
   PGD            a counterexample the real runtime confirms makes the sample falsified;
+  alpha-CROWN    CROWN with its ReLU lower lines optimised per spec row (verify.alpha_crown),
+                 on what PGD could not break (methods alpha-crown, milp and auto);
   MILP           complete, with a time limit per sample (methods milp and auto).
 A bound stage can only say "verified"; only a runtime-confirmed counterexample says
 "falsified". Bounds are verify.rounding's sound ones (the float32 runtime's rounding and the
@@ -27,10 +29,11 @@ from .attack import pgd
 from .bounds import BoundedNet, margin_spec, verified
 from .rounding import SoundBounds, inner_box, sound_box
 
-METHODS = ("ibp", "crown", "milp", "auto")
+METHODS = ("ibp", "crown", "alpha-crown", "milp", "auto")
 IBP_STAGES = ((torch.float32, "ibp"), (torch.float64, "ibp"))
 # CROWN-IBP first (IBP intermediate bounds, ~50x cheaper), full CROWN on what is left
 CROWN_STAGES = ((torch.float32, "crown-ibp"), (torch.float32, "crown"), (torch.float64, "crown"))
+ALPHA_STAGES = ((torch.float32, "alpha-crown"),)
 
 
 @dataclass
@@ -126,6 +129,8 @@ def _batch(net, sound, runtime, xb, yb, eps, method, time_limit, gen, steps, res
                 if m[k] < 0:
                     status[i], cex[i], cex_margin[i], stage[i] = "falsified", adv_np[k], float(m[k]), "pgd"
         seconds[open_.numpy()] += (time.perf_counter() - t1) / len(open_)
+    if method in ("alpha-crown", "milp", "auto"):
+        _alpha_stage(sound, x_l, x_u, C, yb, lb, status, stage, seconds)
     margins = _min_margin(lb, yb).numpy().astype(np.float64)
     notes = [None] * B
     if method in ("milp", "auto"):
@@ -133,6 +138,17 @@ def _batch(net, sound, runtime, xb, yb, eps, method, time_limit, gen, steps, res
                            stage, seconds, notes, time_limit, mnet)
     return [SampleResult(-1, int(yb[i]), str(status[i]), stage[i], float(margins[i]), cex_margin[i],
                          float(seconds[i]), cex[i], notes[i]) for i in range(B)], mnet
+
+
+def _alpha_stage(sound, x_l, x_u, C, yb, lb, status, stage, seconds):
+    todo = torch.as_tensor(status == "unknown")
+    if not todo.any():
+        return
+    t0 = time.perf_counter()
+    sound.tighten(x_l, x_u, C, yb, lb, todo, ALPHA_STAGES)
+    seconds[todo.numpy()] += (time.perf_counter() - t0) / int(todo.sum())
+    for i in (todo & verified(lb, yb)).nonzero().squeeze(1).tolist():
+        status[i], stage[i] = "verified", "alpha-crown"
 
 
 def _milp_stage(net, runtime, xb, yb, box, inner, lb, margins, status, cex, cex_margin, stage, seconds, notes,
