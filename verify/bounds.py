@@ -113,13 +113,16 @@ class BoundedNet:
             c = c + b
         return c - r, c + r
 
-    def _ibp_layers(self, x_l, x_u, ops):
+    def _ibp_layers(self, x_l, x_u, ops, clips=None):
         """IBP through ops: the output bounds, every ReLU's pre-activation bounds and every
-        error interval (by op index)."""
+        error interval (by op index). clips: {op index: (lo, hi)} per row, what branch and
+        bound's splits assume of a relaxed op's input (its bounds are intersected with them)."""
         lay = _Layers(x_l, x_u)
         l, u = x_l, x_u
         for i, op in enumerate(ops):
             if _relaxed(op):
+                if clips and i in clips:
+                    l, u = torch.maximum(l, clips[i][0]), torch.minimum(u, clips[i][1])
                 lay.pre[i] = (l, u)
             if i in self.errors:
                 e = lay.err[i] = self.errors[i](l, u)
@@ -149,10 +152,11 @@ class BoundedNet:
             bound = bound - slack if lower else bound + slack
         return bound
 
-    def _backward(self, A, end, lay, lower: bool, rows=None, slopes=None):
+    def _backward(self, A, end, lay, lower: bool, rows=None, slopes=None, trace=None):
         """Pull linear functions A of ops[end-1]'s output back to the network input.
         rows: for each batch row of A, the sample whose pre-activation bounds apply.
-        slopes: {op index: lower-line slopes shaped like A} replacing CROWN's (alpha-CROWN)."""
+        slopes: {op index: lower-line slopes shaped like A} replacing CROWN's (alpha-CROWN).
+        trace: a dict that receives A at each relaxed op's output (branching scores)."""
         pre = lay.pre
         const = A.new_zeros(A.shape[:2])
         for i in reversed(range(end)):
@@ -162,6 +166,8 @@ class BoundedNet:
                 spread = (A.abs() * e.unsqueeze(1)).flatten(2).sum(-1)
                 const = const - spread if lower else const + spread
             if _relaxed(op):
+                if trace is not None:
+                    trace[i] = A
                 lines = op.lines(*pre[i])  # once per sample, then one copy per row
                 if rows is not None:
                     lines = tuple(t[rows] if t.dim() else t for t in lines)
@@ -227,11 +233,11 @@ class BoundedNet:
             result.append(self._apply_spec(lay, C)[0])
         return result[0] if len(result) == 1 else tuple(result)
 
-    def output_problem(self, x_l, x_u, C, intermediate="crown"):
+    def output_problem(self, x_l, x_u, C, intermediate="crown", clips=None):
         """What bounding C·f(x) linearly needs: (number of ops before the spec, spec-linear W,
         its constant, the layers' bounds, the merged op's rounding slack)."""
         ops, W, b = self._split_spec(C)
-        lay = self._ibp_layers(x_l, x_u, ops)
+        lay = self._ibp_layers(x_l, x_u, ops, clips)
         if intermediate == "crown" and lay.pre:
             lay = self._refine(x_l, x_u, lay)
         elif intermediate not in ("crown", "ibp"):
@@ -240,7 +246,9 @@ class BoundedNet:
         slack = self._spec_slack(lay, C) if C is not None else 0
         return len(ops), W, const0, lay, slack
 
-    def output_bound(self, W, const0, end, lay, slack, x_l, x_u, lower: bool, slopes=None):
-        A, c = self._backward(W, end, lay, lower, slopes=slopes)
+    def output_bound(self, W, const0, end, lay, slack, x_l, x_u, lower: bool, slopes=None, trace=None):
+        A, c = self._backward(W, end, lay, lower, slopes=slopes, trace=trace)
+        if trace is not None:
+            trace["input"] = A
         bound = self._concretize(A, c + const0, x_l, x_u, lower)
         return bound - slack if lower else bound + slack

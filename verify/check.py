@@ -20,10 +20,11 @@ from .deadline import deadline
 from .limits import CHECK_TIME_LIMIT_S, DEFAULTS
 
 # the cascade's stages in order: a verified sample must re-verify at its stage or earlier
-_ORDER = {"ibp": 0, "crown": 1, "alpha-crown": 2, "milp": 3, "int8-ibp": 0, "int8-crown": 1}
-_BOUND_STAGES = ("ibp", "crown", "alpha-crown")  # by _ORDER; a rank past them re-runs the method
+_ORDER = {"ibp": 0, "crown": 1, "alpha-crown": 2, "bab": 3, "milp": 4, "int8-ibp": 0, "int8-crown": 1}
+_BOUND_STAGES = ("ibp", "crown", "alpha-crown", "bab")  # by _ORDER; a rank past them re-runs the method
 _CHUNK = 50  # samples re-verified at a time
-_FAMILY = {"onnx": ("ibp", "crown", "alpha-crown", "milp"), "checkpoint": ("ibp", "crown", "alpha-crown", "milp"),
+_FLOAT_STAGES = ("ibp", "crown", "alpha-crown", "bab", "milp")
+_FAMILY = {"onnx": _FLOAT_STAGES, "checkpoint": _FLOAT_STAGES,
            "tflite": ("int8-ibp", "int8-crown")}
 
 
