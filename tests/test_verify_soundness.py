@@ -42,8 +42,9 @@ def test_never_verified_where_a_counterexample_exists(chunk):
             y = model(x).argmax(1)
         y[0] = (y[0] + 1) % 4  # one misclassified point per network
         eps = float(torch.empty(1).uniform_(0.02, 0.4, generator=gen))
-        # MILP on the mlps; the cnns (hundreds of unstable ReLUs at large eps) stop at CROWN
-        method = "milp" if seed % 4 else "crown"
+        # MILP (after alpha-CROWN) or branch and bound on the mlps; the cnns (hundreds of
+        # unstable ReLUs at large eps) stop at alpha-CROWN
+        method = ("alpha-crown", "bab", "milp", "milp")[seed % 4]
         res = verify_float(net, _runtime(model), x, y, eps, method, time_limit=2.0)
         adv, broken = pgd(model, x, y, eps, steps=60, restarts=3, generator=gen)
         x_l, x_u = input_box(x, eps)

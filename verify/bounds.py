@@ -20,8 +20,9 @@ def _relaxed(op):
 def _through_lines(A, lines, lower: bool):
     """Pull A back through lo_s·x + lo_c <= f(x) <= up_s·x + up_c (per neuron; tensors shaped
     like A without its spec dimension, or 0-d): a lower bound on A·f(x) takes the lower line
-    where A > 0 and the upper one where A < 0; an upper bound the other way round."""
-    lo_s, lo_c, up_s, up_c = (t.unsqueeze(1) if t.dim() else t for t in lines)
+    where A > 0 and the upper one where A < 0; an upper bound the other way round. A tensor
+    that already has the spec dimension (alpha-CROWN's slopes, one per spec row) is used as it is."""
+    lo_s, lo_c, up_s, up_c = (t.unsqueeze(1) if t.dim() == A.dim() - 1 else t for t in lines)
     if not lower:
         lo_s, lo_c, up_s, up_c = up_s, up_c, lo_s, lo_c
     pos = A > 0
@@ -112,13 +113,16 @@ class BoundedNet:
             c = c + b
         return c - r, c + r
 
-    def _ibp_layers(self, x_l, x_u, ops):
+    def _ibp_layers(self, x_l, x_u, ops, clips=None):
         """IBP through ops: the output bounds, every ReLU's pre-activation bounds and every
-        error interval (by op index)."""
+        error interval (by op index). clips: {op index: (lo, hi)} per row, what branch and
+        bound's splits assume of a relaxed op's input (its bounds are intersected with them)."""
         lay = _Layers(x_l, x_u)
         l, u = x_l, x_u
         for i, op in enumerate(ops):
             if _relaxed(op):
+                if clips and i in clips:
+                    l, u = torch.maximum(l, clips[i][0]), torch.minimum(u, clips[i][1])
                 lay.pre[i] = (l, u)
             if i in self.errors:
                 e = lay.err[i] = self.errors[i](l, u)
@@ -148,9 +152,11 @@ class BoundedNet:
             bound = bound - slack if lower else bound + slack
         return bound
 
-    def _backward(self, A, end, lay, lower: bool, rows=None):
+    def _backward(self, A, end, lay, lower: bool, rows=None, slopes=None, trace=None):
         """Pull linear functions A of ops[end-1]'s output back to the network input.
-        rows: for each batch row of A, the sample whose pre-activation bounds apply."""
+        rows: for each batch row of A, the sample whose pre-activation bounds apply.
+        slopes: {op index: lower-line slopes shaped like A} replacing CROWN's (alpha-CROWN).
+        trace: a dict that receives A at each relaxed op's output (branching scores)."""
         pre = lay.pre
         const = A.new_zeros(A.shape[:2])
         for i in reversed(range(end)):
@@ -160,9 +166,13 @@ class BoundedNet:
                 spread = (A.abs() * e.unsqueeze(1)).flatten(2).sum(-1)
                 const = const - spread if lower else const + spread
             if _relaxed(op):
+                if trace is not None:
+                    trace[i] = A
                 lines = op.lines(*pre[i])  # once per sample, then one copy per row
                 if rows is not None:
                     lines = tuple(t[rows] if t.dim() else t for t in lines)
+                if slopes is not None and i in slopes:
+                    lines = (slopes[i],) + tuple(lines[1:])
                 A, c = _through_lines(A, lines, lower)
             else:
                 A, c = op.backward(A)
@@ -215,19 +225,30 @@ class BoundedNet:
         bounds, CROWN for the output); 'crown' refines them with CROWN first.
         Returns lower bounds (B, S), or (lower, upper) when upper=True; with_ibp=True also
         returns IBP's lower bound from the same interval pass (what CROWN-IBP training mixes)."""
+        end, W, const0, lay, slack = self.output_problem(x_l, x_u, C, intermediate)
+        result = [self.output_bound(W, const0, end, lay, slack, x_l, x_u, True)]
+        if upper:
+            result.append(self.output_bound(W, const0, end, lay, slack, x_l, x_u, False))
+        if with_ibp:
+            result.append(self._apply_spec(lay, C)[0])
+        return result[0] if len(result) == 1 else tuple(result)
+
+    def output_problem(self, x_l, x_u, C, intermediate="crown", clips=None):
+        """What bounding C·f(x) linearly needs: (number of ops before the spec, spec-linear W,
+        its constant, the layers' bounds, the merged op's rounding slack)."""
         ops, W, b = self._split_spec(C)
-        lay = self._ibp_layers(x_l, x_u, ops)
+        lay = self._ibp_layers(x_l, x_u, ops, clips)
         if intermediate == "crown" and lay.pre:
             lay = self._refine(x_l, x_u, lay)
         elif intermediate not in ("crown", "ibp"):
             raise ValueError(f"unknown intermediate bounds {intermediate!r}")
         const0 = b if b is not None else W.new_zeros(W.shape[:2])
         slack = self._spec_slack(lay, C) if C is not None else 0
-        Al, cl = self._backward(W, len(ops), lay, lower=True)
-        result = [self._concretize(Al, cl + const0, x_l, x_u, True) - slack]
-        if upper:
-            Au, cu = self._backward(W, len(ops), lay, lower=False)
-            result.append(self._concretize(Au, cu + const0, x_l, x_u, False) + slack)
-        if with_ibp:
-            result.append(self._apply_spec(lay, C)[0])
-        return result[0] if len(result) == 1 else tuple(result)
+        return len(ops), W, const0, lay, slack
+
+    def output_bound(self, W, const0, end, lay, slack, x_l, x_u, lower: bool, slopes=None, trace=None):
+        A, c = self._backward(W, end, lay, lower, slopes=slopes, trace=trace)
+        if trace is not None:
+            trace["input"] = A
+        bound = self._concretize(A, c + const0, x_l, x_u, lower)
+        return bound - slack if lower else bound + slack

@@ -20,9 +20,11 @@ from .deadline import deadline
 from .limits import CHECK_TIME_LIMIT_S, DEFAULTS
 
 # the cascade's stages in order: a verified sample must re-verify at its stage or earlier
-_ORDER = {"ibp": 0, "crown": 1, "milp": 2, "int8-ibp": 0, "int8-crown": 1}
+_ORDER = {"ibp": 0, "crown": 1, "alpha-crown": 2, "bab": 3, "milp": 4, "int8-ibp": 0, "int8-crown": 1}
+_BOUND_STAGES = ("ibp", "crown", "alpha-crown", "bab")  # by _ORDER; a rank past them re-runs the method
 _CHUNK = 50  # samples re-verified at a time
-_FAMILY = {"onnx": ("ibp", "crown", "milp"), "checkpoint": ("ibp", "crown", "milp"),
+_FLOAT_STAGES = ("ibp", "crown", "alpha-crown", "bab", "milp")
+_FAMILY = {"onnx": _FLOAT_STAGES, "checkpoint": _FLOAT_STAGES,
            "tflite": ("int8-ibp", "int8-crown")}
 
 
@@ -89,7 +91,7 @@ def _recheck(cert_path, cert, path, dataset, data_root, trust_paths, limits):
     lost = []
     for part in (todo[k:k + _CHUNK] for k in range(0, len(todo), _CHUNK)):
         rank = max(_ORDER[claims[i]["decided_by"]] for i in part)
-        stop = ("ibp", "crown")[rank] if rank < 2 else method
+        stop = _BOUND_STAGES[rank] if rank < len(_BOUND_STAGES) else method
         results = art.verify(x[part], y[part], cert["eps"], stop, time_limit=2 * cert["time_limit_s"])
         lost += [i for i, r in zip(part, results)
                  if r.status != "verified" or _ORDER[r.decided_by] > _ORDER[claims[i]["decided_by"]]]
@@ -107,7 +109,7 @@ def _recheck(cert_path, cert, path, dataset, data_root, trust_paths, limits):
 
 def _stage_problems(cert, kind):
     """A verified sample must name a bound stage of this artifact's cascade that the method runs."""
-    last = {"ibp": 0, "crown": 1}.get(cert.get("method_resolved", cert["method"]), 2)
+    last = _ORDER.get(cert.get("method_resolved", cert["method"]), _ORDER["milp"])
     bad = [r["index"] for r in cert["samples"] if r["status"] == "verified" and
            (r["decided_by"] not in _FAMILY[kind] or _ORDER[r["decided_by"]] > last)]
     return [f"{len(bad)} samples claim verified by a stage that a {kind} artifact verified with method "

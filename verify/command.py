@@ -19,7 +19,7 @@ from verisparse.verify.limits import CHECK_TIME_LIMIT_S as DEFAULT_CHECK_TIME_LI
 from verisparse.verify.limits import DEFAULTS as DEFAULT_LIMITS
 from verisparse.verify.limits import TIME_BUDGET_S, Limits
 
-METHODS = ["ibp", "crown", "milp", "auto"]
+METHODS = ["ibp", "crown", "alpha-crown", "bab", "milp", "auto"]
 
 
 def _eps(ctx, param, value):
@@ -65,9 +65,10 @@ Sharded (shards numbered 0..N-1; merge applies --min-vra to the whole run):
               help="Verify the first N samples of the split (under torchrun write --samples: torchrun takes --n "
                    "for an abbreviation of its own options).")
 @click.option("--method", type=click.Choice(METHODS), default="auto", show_default=True,
-              help="ibp, crown, milp (complete, time-limited) or auto (the strongest the artifact supports).")
+              help="ibp, crown, alpha-crown (optimised CROWN), bab (branch and bound) or milp (both complete, "
+                   "time-limited), or auto (the strongest the artifact supports).")
 @click.option("--time-limit", type=float, default=10.0, show_default=True, callback=_positive,
-              help="Seconds of MILP per sample.")
+              help="Seconds of branch and bound / MILP per sample (auto: half each).")
 @click.option("--min-vra", type=float, default=0.0, show_default=True, callback=_fraction,
               help="Exit 1 when the verified accuracy is below this fraction.")
 @click.option("--report", type=click.Path(), default=None,

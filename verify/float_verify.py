@@ -7,6 +7,11 @@ Stages run cheapest first and each runs only on what the one before left open:
                  with CROWN intermediate bounds where that left a sample open (method crown
                  stops here);
   PGD            a counterexample the real runtime confirms makes the sample falsified;
+  alpha-CROWN    CROWN with its ReLU lower lines optimised per spec row (verify.alpha_crown),
+                 on what PGD could not break (methods alpha-crown, bab, milp and auto);
+  BaB            branch and bound over ReLU splits (verify.bab), complete up to its time
+                 limit per sample (methods bab and auto: auto gives it half the time limit
+                 and MILP what it leaves open);
   MILP           complete, with a time limit per sample (methods milp and auto).
 A bound stage can only say "verified"; only a runtime-confirmed counterexample says
 "falsified". Bounds are verify.rounding's sound ones (the float32 runtime's rounding and the
@@ -25,12 +30,13 @@ import torch
 
 from .attack import pgd
 from .bounds import BoundedNet, margin_spec, verified
-from .rounding import SoundBounds, inner_box, sound_box
+from .rounding import SoundBounds, inner_box, no_tf32, outward, sound_box
 
-METHODS = ("ibp", "crown", "milp", "auto")
+METHODS = ("ibp", "crown", "alpha-crown", "bab", "milp", "auto")
 IBP_STAGES = ((torch.float32, "ibp"), (torch.float64, "ibp"))
 # CROWN-IBP first (IBP intermediate bounds, ~50x cheaper), full CROWN on what is left
 CROWN_STAGES = ((torch.float32, "crown-ibp"), (torch.float32, "crown"), (torch.float64, "crown"))
+ALPHA_STAGES = ((torch.float32, "alpha-crown"),)
 
 
 @dataclass
@@ -127,13 +133,64 @@ def _batch(net, sound, runtime, xb, yb, eps, method, time_limit, gen, steps, res
                 if m[k] < 0:
                     status[i], cex[i], cex_margin[i], stage[i] = "falsified", adv_np[k], float(m[k]), "pgd"
         seconds[open_.numpy()] += (time.perf_counter() - t1) / len(open_)
-    margins = _min_margin(lb, yb).numpy().astype(np.float64)
+    if method in ("alpha-crown", "bab", "milp", "auto"):
+        _alpha_stage(sound, x_l, x_u, C, yb, lb, status, stage, seconds)
     notes = [None] * B
+    if method in ("bab", "auto"):
+        _bab_stage(sound, runtime, xb, yb, (x_l, x_u), (a_l, a_u), C, lb, status, cex, cex_margin, stage, seconds,
+                   notes, time_limit if method == "bab" else time_limit / 2)
+    margins = _min_margin(lb, yb).numpy().astype(np.float64)
     if method in ("milp", "auto"):
         mnet = _milp_stage(net, runtime, xb, yb, (x_l, x_u), (a_l, a_u), lb, margins, status, cex, cex_margin,
-                           stage, seconds, notes, time_limit, mnet)
+                           stage, seconds, notes, time_limit if method == "milp" else time_limit / 2, mnet)
     return [SampleResult(-1, int(yb[i]), str(status[i]), stage[i], float(margins[i]), cex_margin[i],
                          float(seconds[i]), cex[i], notes[i]) for i in range(B)], mnet
+
+
+def _alpha_stage(sound, x_l, x_u, C, yb, lb, status, stage, seconds):
+    todo = torch.as_tensor(status == "unknown")
+    if not todo.any():
+        return
+    t0 = time.perf_counter()
+    sound.tighten(x_l, x_u, C, yb, lb, todo, ALPHA_STAGES)
+    seconds[todo.numpy()] += (time.perf_counter() - t0) / int(todo.sum())
+    for i in (todo & verified(lb, yb)).nonzero().squeeze(1).tolist():
+        status[i], stage[i] = "verified", "alpha-crown"
+
+
+def _bab_stage(sound, runtime, xb, yb, box, inner, C, lb, status, cex, cex_margin, stage, seconds, notes,
+               time_limit):
+    from .bab import prove_row
+    (x_l, x_u), (a_l, a_u) = box, inner
+    net = sound.nets[torch.float32]
+    for i in [i for i in range(len(yb)) if status[i] == "unknown"]:
+        t0 = time.perf_counter()
+        y = int(yb[i])
+        lo, hi = outward(x_l[i:i + 1], x_u[i:i + 1], torch.float32)
+
+        def confirm(x, i=i, y=y):
+            x32 = _into_box(x.numpy(), a_l[i:i + 1].numpy(), a_u[i:i + 1].numpy())
+            z = np.asarray(runtime(x32), dtype=np.float64)[0]
+            margin = float(z[y] - np.delete(z, y).max())
+            if margin < 0:
+                confirm.found = (x32[0], margin)
+            return margin < 0
+
+        rows = sorted((j for j in range(C.shape[1]) if j != y and lb[i, j] <= 0), key=lambda j: float(lb[i, j]))
+        proved, stage[i] = True, "bab"
+        with torch.no_grad(), no_tf32():
+            for j in rows:
+                left = time_limit - (time.perf_counter() - t0)
+                out = prove_row(net, lo, hi, C[i, j].float(), left, confirm)
+                lb[i, j] = max(float(lb[i, j]), out.lower)
+                if out.counterexample is not None:
+                    status[i], (cex[i], cex_margin[i]) = "falsified", confirm.found
+                if not out.proved:
+                    proved, notes[i] = False, out.note
+                    break
+        if proved:
+            status[i] = "verified"
+        seconds[i] += time.perf_counter() - t0
 
 
 def _milp_stage(net, runtime, xb, yb, box, inner, lb, margins, status, cex, cex_margin, stage, seconds, notes,

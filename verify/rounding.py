@@ -38,6 +38,7 @@ import copy
 import numpy as np
 import torch
 
+from .alpha_crown import alpha_crown
 from .bounds import BoundedNet
 
 U32 = 2.0 ** -24
@@ -151,7 +152,7 @@ class SoundBounds:
 
     def tighten(self, x_l, x_u, C, y, lb, todo, stages):
         """Raise the margin lower bounds lb (float64, (B, S)) of the rows in todo (bool) with
-        each stage in turn, (dtype, 'ibp' | 'crown-ibp' | 'crown'), only on rows still
+        each stage in turn, (dtype, 'ibp' | 'crown-ibp' | 'crown' | 'alpha-crown'), only on rows still
         unverified; returns the bool mask of rows some stage touched last, per stage."""
         from .bounds import verified
         touched = []
@@ -166,6 +167,8 @@ class SoundBounds:
                 Cr = C[rows].to(device=self.device, dtype=dtype)
                 if kind == "ibp":
                     new = net.ibp(lo, hi, Cr)[0]
+                elif kind == "alpha-crown":
+                    new = alpha_crown(net, lo, hi, Cr)
                 else:
                     new = net.crown(lo, hi, Cr, "ibp" if kind == "crown-ibp" else "crown")
                 lb[rows] = torch.maximum(lb[rows], new.double().to(lb.device))
