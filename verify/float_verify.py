@@ -166,10 +166,10 @@ def _bab_stage(sound, runtime, xb, yb, box, inner, C, lb, status, cex, cex_margi
     for i in [i for i in range(len(yb)) if status[i] == "unknown"]:
         t0 = time.perf_counter()
         y = int(yb[i])
-        lo, hi = outward(x_l[i:i + 1], x_u[i:i + 1], torch.float32)
+        lo, hi = (v.to(sound.device) for v in outward(x_l[i:i + 1], x_u[i:i + 1], torch.float32))
 
         def confirm(x, i=i, y=y):
-            x32 = _into_box(x.numpy(), a_l[i:i + 1].numpy(), a_u[i:i + 1].numpy())
+            x32 = _into_box(x.cpu().numpy(), a_l[i:i + 1].numpy(), a_u[i:i + 1].numpy())
             z = np.asarray(runtime(x32), dtype=np.float64)[0]
             margin = float(z[y] - np.delete(z, y).max())
             if margin < 0:
@@ -181,7 +181,7 @@ def _bab_stage(sound, runtime, xb, yb, box, inner, C, lb, status, cex, cex_margi
         with torch.no_grad(), no_tf32():
             for j in rows:
                 left = time_limit - (time.perf_counter() - t0)
-                out = prove_row(net, lo, hi, C[i, j].float(), left, confirm)
+                out = prove_row(net, lo, hi, C[i, j].to(device=sound.device, dtype=torch.float32), left, confirm)
                 lb[i, j] = max(float(lb[i, j]), out.lower)
                 if out.counterexample is not None:
                     status[i], (cex[i], cex_margin[i]) = "falsified", confirm.found
