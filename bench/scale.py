@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
+VS = [sys.executable, "-m", "verisparse"]  # the installed CLI, wherever its script lives
 
 
 def _note(msg):
@@ -62,10 +62,10 @@ def ensure_run(run):
     run = ROOT / "runs" / "bench-scale"
     if not (run / "model.onnx").is_file():
         _note(f"training a short default run into {run}")
-        subprocess.run([str(BIN / "verisparse"), "train", "--dataset", "mnist5k", "--arch", "cnn_4layer",
+        subprocess.run([*VS, "train", "--dataset", "mnist5k", "--arch", "cnn_4layer",
                         "--eps", "0.1", "--sparsity", "0.9", "--epochs", "3", "--eval-crown-every", "-1",
                         "--quiet", "--out", str(run)], check=True)
-        subprocess.run([str(BIN / "verisparse"), "export", str(run)], check=True, stdout=subprocess.DEVNULL)
+        subprocess.run([*VS, "export", str(run)], check=True, stdout=subprocess.DEVNULL)
     return run
 
 
@@ -101,28 +101,27 @@ def _verdicts(cert_path):
 def verification_rows(run, samples, method):
     """[(setup, processes, wall s, samples/s, verified, same verdicts as one process)]."""
     cores = os.cpu_count() or 2
-    vs = str(BIN / "verisparse")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         _note("verify: one process")
-        wall = _timed([[vs, *_verify_cmd(run, samples, method, "cpu", "--report", str(tmp / "one.json"))]],
+        wall = _timed([[*VS, *_verify_cmd(run, samples, method, "cpu", "--report", str(tmp / "one.json"))]],
                       _threads_env(cores))
         ref, verified = _verdicts(tmp / "one.json")
         rows.append(("1 process (CPU)", 1, wall, verified, "-"))
 
         _note("verify: 2 shards as 2 processes, then --merge")
-        shards = [[vs, *_verify_cmd(run, samples, method, "cpu", "--shard", f"{i}/2",
+        shards = [[*VS, *_verify_cmd(run, samples, method, "cpu", "--shard", f"{i}/2",
                                     "--report", str(tmp / f"shard-{i}.json"))] for i in range(2)]
         wall = _timed(shards, _threads_env(max(1, cores // 2)))
-        wall += _timed([[vs, "verify", str(run / "model.onnx"), "--merge", str(tmp / "shard-0.json"),
+        wall += _timed([[*VS, "verify", str(run / "model.onnx"), "--merge", str(tmp / "shard-0.json"),
                          str(tmp / "shard-1.json"),
                          "--report", str(tmp / "merged.json")]], _threads_env(cores))
         got, verified = _verdicts(tmp / "merged.json")
         rows.append(("2 shards + --merge (CPU)", 2, wall, verified, got == ref))
 
         _note("verify: torchrun, 2 gloo ranks")
-        cmd = [str(BIN / "torchrun"), "--standalone", "--nproc-per-node", "2", "-m", "verisparse",
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "verisparse",
                *_verify_cmd(run, samples, method, "cpu", "--shard", "auto", "--report", str(tmp / "torchrun.json"))]
         wall = _timed([cmd], _threads_env(max(1, cores // 2)))
         got, verified = _verdicts(tmp / "torchrun.json")
@@ -130,7 +129,7 @@ def verification_rows(run, samples, method):
 
         if torch.cuda.is_available():
             _note("verify: one process on CUDA")
-            wall = _timed([[vs, *_verify_cmd(run, samples, method, "cuda", "--report", str(tmp / "cuda.json"))]],
+            wall = _timed([[*VS, *_verify_cmd(run, samples, method, "cuda", "--report", str(tmp / "cuda.json"))]],
                           _threads_env(cores))
             got, verified = _verdicts(tmp / "cuda.json")
             rows.append((f"1 process (CUDA, {torch.cuda.get_device_name(0)})", 1, wall, verified,

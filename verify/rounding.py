@@ -111,12 +111,17 @@ def no_tf32():
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
 
 
+def _inf(sign, like):
+    """+-inf as a 0-d tensor of like's dtype on like's device (nextafter's direction)."""
+    return torch.tensor(sign * np.inf, dtype=like.dtype, device=like.device)
+
+
 def sound_box(x, eps, lo=0.0, hi=1.0):
     """The L-inf ball of radius eps around x (float32 inputs), as a float64 box rounded
     outward: it contains every float32 point within eps of x in real arithmetic."""
     x = torch.as_tensor(x).double()
-    x_l = torch.nextafter(x - eps, torch.tensor(-np.inf, dtype=torch.float64))
-    x_u = torch.nextafter(x + eps, torch.tensor(np.inf, dtype=torch.float64))
+    x_l = torch.nextafter(x - eps, _inf(-1, x))
+    x_u = torch.nextafter(x + eps, _inf(1, x))
     return x_l.clamp(lo, hi), x_u.clamp(lo, hi)
 
 
@@ -125,19 +130,19 @@ def inner_box(x, eps, lo=0.0, hi=1.0):
     counterexample must lie to be one."""
     x64 = torch.as_tensor(x).double()
     # float64 subtraction may round past the real end by an ulp: step one more inward
-    want_l = torch.nextafter(x64 - eps, torch.tensor(np.inf, dtype=torch.float64)).clamp(lo, hi)
-    want_u = torch.nextafter(x64 + eps, torch.tensor(-np.inf, dtype=torch.float64)).clamp(lo, hi)
+    want_l = torch.nextafter(x64 - eps, _inf(1, x64)).clamp(lo, hi)
+    want_u = torch.nextafter(x64 + eps, _inf(-1, x64)).clamp(lo, hi)
     x_l, x_u = want_l.float(), want_u.float()
-    x_l = torch.where(x_l.double() < want_l, torch.nextafter(x_l, torch.tensor(np.inf)), x_l)
-    x_u = torch.where(x_u.double() > want_u, torch.nextafter(x_u, torch.tensor(-np.inf)), x_u)
+    x_l = torch.where(x_l.double() < want_l, torch.nextafter(x_l, _inf(1, x_l)), x_l)
+    x_u = torch.where(x_u.double() > want_u, torch.nextafter(x_u, _inf(-1, x_u)), x_u)
     return x_l, x_u
 
 
 def outward(x_l, x_u, dtype):
     """The box [x_l, x_u] in dtype, rounded outward."""
     lo, hi = x_l.to(dtype), x_u.to(dtype)
-    lo = torch.where(lo.double() > x_l.double(), torch.nextafter(lo, torch.tensor(-np.inf, dtype=dtype)), lo)
-    hi = torch.where(hi.double() < x_u.double(), torch.nextafter(hi, torch.tensor(np.inf, dtype=dtype)), hi)
+    lo = torch.where(lo.double() > x_l.double(), torch.nextafter(lo, _inf(-1, lo)), lo)
+    hi = torch.where(hi.double() < x_u.double(), torch.nextafter(hi, _inf(1, hi)), hi)
     return lo, hi
 
 
