@@ -30,6 +30,8 @@ from pathlib import Path
 
 import torch
 
+from machine import cpu_name  # bench/machine.py, beside this script
+
 ROOT = Path(__file__).resolve().parent.parent
 VS = [sys.executable, "-m", "verisparse"]  # the installed CLI, wherever its script lives
 
@@ -40,14 +42,7 @@ def _note(msg):
 
 def machine():
     """One line naming the machine: CPU model and cores, and the GPU where there is one."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_name()
     gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ", no GPU"
     return f"{platform.node()}: {cpu}, {os.cpu_count()} cores{gpu}; torch {torch.__version__}"
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -26,6 +25,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
+
+from machine import cpu_name  # bench/machine.py, beside this script
 
 from verisparse.files import read_jsonl
 from verisparse.trainer.resources import run_totals
@@ -37,14 +38,7 @@ _WORKER = ("import json, sys; from verisparse.trainer.train import TrainConfig, 
 
 
 def _machine():
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_name()
     gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
     return f"{cpu}, {os.cpu_count()} cores{gpu}, torch {torch.__version__} ({torch.get_num_threads()} threads)"
 
