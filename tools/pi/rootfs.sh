@@ -1,6 +1,7 @@
 #!/bin/sh
 # Build (once) and enter an arm64 Debian root filesystem under qemu-user: a Raspberry Pi OS-like
-# system on an x86 host (see docs/raspberry-pi.md). Needs root.
+# system on an x86 host (see the README's "On a Raspberry Pi"). Needs root.
+#   rootfs.sh probe            can this host run arm64 binaries under qemu-user? (installs the tools)
 #   rootfs.sh build            build or reuse $PI_ROOTFS
 #   rootfs.sh mount | umount   mount proc/sys/dev (+ the Pi cpuinfo overlay) / unmount them
 set -eu
@@ -54,8 +55,9 @@ do_umount() {
 }
 
 case "${1:-}" in
+    probe) host_tools ;;
     build) build ;;
     mount) do_mount ;;
     umount) do_umount ;;
-    *) echo "usage: $0 build|mount|umount" >&2; exit 2 ;;
+    *) echo "usage: $0 probe|build|mount|umount" >&2; exit 2 ;;
 esac
