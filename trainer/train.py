@@ -206,7 +206,8 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, device: str = "auto",
 def _train(cfg, out_dir, resume, device, progress, download, compact, res):
     cfg = cfg.resolved()
     out = Path(out_dir)
-    ddp = distributed.start(resolve_device(device), cfg.batchnorm, cfg.baseline)  # one process, or a rank under torchrun
+    # one process, or a rank under torchrun
+    ddp = distributed.start(resolve_device(device), cfg.batchnorm, cfg.baseline)
     dev = ddp.device
     ckpt_path, log_path = out / rd.CHECKPOINT, out / rd.LOG
     state = saved = None
