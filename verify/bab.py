@@ -98,7 +98,8 @@ def prove_row(net: BoundedNet, x_l, x_u, c, time_limit, counterexample=None):
             n = int(scores[i][k].argmax())
             for side in (0, 1):  # z >= 0, then z <= 0
                 child = dict(batch[k][0])
-                lo, hi = child.get(i, (torch.full_like(root[i][0][0], -torch.inf), torch.full_like(root[i][0][0], torch.inf)))
+                free = root[i][0][0]
+                lo, hi = child.get(i, (torch.full_like(free, -torch.inf), torch.full_like(free, torch.inf)))
                 lo, hi = lo.clone(), hi.clone()
                 (lo if side == 0 else hi).view(-1)[n] = 0.0
                 child[i] = (lo, hi)

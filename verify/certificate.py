@@ -109,7 +109,8 @@ def read(path):
 
 METHODS = ("ibp", "crown", "alpha-crown", "bab", "milp", "auto")
 STATUSES = ("verified", "falsified", "unknown")
-STAGES = ("clean", "ibp", "crown", "alpha-crown", "bab", "milp", "int8-ibp", "int8-crown", "pgd", "int8-search", "time-budget")
+STAGES = ("clean", "ibp", "crown", "alpha-crown", "bab", "milp", "int8-ibp", "int8-crown", "pgd", "int8-search",
+          "time-budget")
 MAX_TIME_LIMIT_S = 3600.0  # per sample; a larger claim is a forged or broken certificate
 MAX_SHARDS = 100_000
 _SHA256 = re.compile(r"[0-9a-f]{64}")
