@@ -36,13 +36,16 @@ def alpha_crown(net: BoundedNet, x_l, x_u, C, iterations=ITERATIONS, lr=LEARNING
     if not alpha:
         return best
     opt = torch.optim.Adam(alpha.values(), lr=lr)
+
+    def slopes():  # alpha where a neuron is unstable, CROWN's exact line elsewhere
+        return {i: torch.where(unstable[i], alpha[i], fixed[i]) for i in alpha}
+
     with torch.enable_grad():
         for _ in range(iterations):
             open_rows = (best <= stop_at) & live
             if not open_rows.any():
                 break
-            slopes = {i: torch.where(unstable[i], alpha[i], fixed[i]) for i in alpha}
-            bound = net.output_bound(W, const0, end, lay, slack, x_l, x_u, True, slopes=slopes)
+            bound = net.output_bound(W, const0, end, lay, slack, x_l, x_u, True, slopes=slopes())
             best = torch.maximum(best, bound.detach())
             # grads of the slopes only: the net's own tensors (a model's weights) stay untouched
             grads = torch.autograd.grad(-bound[open_rows].sum(), list(alpha.values()))
@@ -53,6 +56,5 @@ def alpha_crown(net: BoundedNet, x_l, x_u, C, iterations=ITERATIONS, lr=LEARNING
                 for a in alpha.values():
                     a.clamp_(0.0, 1.0)
         with torch.no_grad():
-            slopes = {i: torch.where(unstable[i], alpha[i], fixed[i]) for i in alpha}
-            best = torch.maximum(best, net.output_bound(W, const0, end, lay, slack, x_l, x_u, True, slopes=slopes))
+            best = torch.maximum(best, net.output_bound(W, const0, end, lay, slack, x_l, x_u, True, slopes=slopes()))
     return best

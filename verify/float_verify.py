@@ -168,20 +168,14 @@ def _bab_stage(sound, runtime, xb, yb, box, inner, C, lb, status, cex, cex_margi
         y = int(yb[i])
         lo, hi = (v.to(sound.device) for v in outward(x_l[i:i + 1], x_u[i:i + 1], torch.float32))
 
-        def confirm(x, i=i, y=y):
-            x32 = _into_box(x.cpu().numpy(), a_l[i:i + 1].numpy(), a_u[i:i + 1].numpy())
-            z = np.asarray(runtime(x32), dtype=np.float64)[0]
-            margin = float(z[y] - np.delete(z, y).max())
-            if margin < 0:
-                confirm.found = (x32[0], margin)
-            return margin < 0
-
+        confirm = _confirmer(runtime, xb.shape[1:], a_l[i:i + 1].numpy(), a_u[i:i + 1].numpy(), y)
         rows = sorted((j for j in range(C.shape[1]) if j != y and lb[i, j] <= 0), key=lambda j: float(lb[i, j]))
         proved, stage[i] = True, "bab"
         with torch.no_grad(), no_tf32():
             for j in rows:
                 left = time_limit - (time.perf_counter() - t0)
-                out = prove_row(net, lo, hi, C[i, j].to(device=sound.device, dtype=torch.float32), left, confirm)
+                out = prove_row(net, lo, hi, C[i, j].to(device=sound.device, dtype=torch.float32), left,
+                                lambda x: confirm(x.cpu().numpy()))
                 lb[i, j] = max(float(lb[i, j]), out.lower)
                 if out.counterexample is not None:
                     status[i], (cex[i], cex_margin[i]) = "falsified", confirm.found
@@ -209,15 +203,7 @@ def _milp_stage(net, runtime, xb, yb, box, inner, lb, margins, status, cex, cex_
         y = int(yb[i])
         box_l, box_u = x_l[i].flatten().numpy(), x_u[i].flatten().numpy()
 
-        def confirm(x_flat, i=i, y=y):
-            x32 = _into_box(x_flat.reshape(1, *xb.shape[1:]).astype(np.float32), a_l[i:i + 1].numpy(),
-                            a_u[i:i + 1].numpy())
-            z = np.asarray(runtime(x32), dtype=np.float64)[0]
-            margin = float(z[y] - np.delete(z, y).max())
-            if margin < 0:
-                confirm.found = (x32[0], margin)
-            return margin < 0
-
+        confirm = _confirmer(runtime, xb.shape[1:], a_l[i:i + 1].numpy(), a_u[i:i + 1].numpy(), y)
         res = verify_sample(mnet, box_l, box_u, {j: (l[k], u[k]) for j, (l, u) in pre.items()},
                             [e[k] for e in errs], y, lb[i].numpy(), time_limit, confirm)
         stage[i], notes[i] = "milp", res.note
@@ -227,6 +213,19 @@ def _milp_stage(net, runtime, xb, yb, box, inner, lb, margins, status, cex, cex_
         if res.status == "falsified":
             cex[i], cex_margin[i] = confirm.found
     return mnet
+
+
+def _confirmer(runtime, shape, lo, hi, y):
+    """confirm(x) -> whether the runtime misclassifies x (any array of one sample's elements),
+    clipped into the float32 ball (lo, hi); the last such point and its margin: confirm.found."""
+    def confirm(x):
+        x32 = _into_box(np.asarray(x).reshape(1, *shape), lo, hi)
+        z = np.asarray(runtime(x32), dtype=np.float64)[0]
+        margin = float(z[y] - np.delete(z, y).max())
+        if margin < 0:
+            confirm.found = (x32[0], margin)
+        return margin < 0
+    return confirm
 
 
 def _into_box(x, lo, hi):
