@@ -101,6 +101,9 @@ METHODS = {
     "hydra-structured": dict(baseline="hydra", structure="structured", epochs=1, prune_epochs=2, finetune_epochs=1),
     "verisparse": dict(epochs=3),
     "verisparse-structured": dict(structure="structured", epochs=3),
+    # stopped in the first sparse epoch, right after the dense start chose the mask
+    "verisparse-dense-start": dict(epochs=3, dense_epochs=2),
+    "verisparse-structured-dense-start": dict(structure="structured", epochs=3, dense_epochs=2),
 }
 
 

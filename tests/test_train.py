@@ -78,6 +78,61 @@ def test_baselines(tmp_path):
     assert pf[2]["sparsity"] == 0 and all(r["sparsity"] == pytest.approx(0.9, abs=1e-4) for r in pf[3:])
 
 
+@pytest.mark.parametrize("structure", ["unstructured", "structured"])
+def test_dense_start_chooses_the_mask_by_magnitude(tmp_path, monkeypatch, structure):
+    """--dense-epochs: dense epochs first, then the largest weights (or units) become the mask,
+    at the exact budget, and the mask moves on from there as in any VeriSparse run."""
+    from verisparse.trainer import sparsity as sp
+    from verisparse.trainer import train as train_module
+    chosen = []
+    magnitude, units = sp.magnitude_unstructured, sp.select_units
+
+    def spy_magnitude(model, sparsity):
+        expected = [torch.topk((m.weight * m.weight_mask).abs().flatten(), n).indices.sort().values
+                    for (_, m), n in zip(sp.prunable(model), sp.erk_counts(model, sparsity))]
+        magnitude(model, sparsity)
+        chosen.append(all(torch.equal(torch.nonzero(m.weight_mask.flatten()).flatten(), e)
+                          for (_, m), e in zip(sp.prunable(model), expected)))
+
+    def spy_units(model, counts, generator=None):
+        chosen.append(generator is None)  # by norm, not at random
+        units(model, counts, generator=generator)
+
+    monkeypatch.setattr(train_module.sp, "magnitude_unstructured", spy_magnitude)
+    monkeypatch.setattr(train_module.sp, "select_units", spy_units)
+    log = train(TrainConfig(arch="mlp_2layer", epochs=4, dense_epochs=1, sparsity=0.9, structure=structure,
+                            **FAST), tmp_path / "run", progress=False)
+    assert [r["phase"] for r in log] == ["dense", "sparse", "sparse", "sparse"]
+    assert log[0]["sparsity"] == 0 and chosen[0] is True
+    if structure == "unstructured":
+        assert all(r["sparsity"] == pytest.approx(0.9, abs=1e-4) for r in log[1:])
+        assert log[2]["mask_changes"] > 0  # RigL still moves it
+    else:
+        assert all(0.9 <= r["sparsity"] < 0.95 for r in log[1:])
+
+
+@pytest.mark.parametrize("settings", [dict(dense_epochs=3, epochs=3), dict(dense_epochs=-1),
+                                      dict(dense_epochs=1, baseline="prune-finetune")])
+def test_dense_start_settings_are_checked(settings):
+    with pytest.raises(VeriSparseError, match="dense-epochs"):
+        TrainConfig(**settings).resolved()
+
+
+def test_a_run_from_before_dense_epochs_still_loads_and_resumes(tmp_path):
+    out = tmp_path / "old"
+    cfg = TrainConfig(arch="mlp_2layer", epochs=2, sparsity=0.9, **FAST)
+    train(cfg, out, progress=False)
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    del state["config"]["dense_epochs"]
+    torch.save(state, out / "checkpoint.pt")
+    saved = json.loads((out / "config.json").read_text())
+    del saved["dense_epochs"]
+    (out / "config.json").write_text(json.dumps(saved))
+    assert load_run(out)[1].dense_epochs == 0
+    log = train(cfg, out, resume=True, progress=False)  # the config check passes; nothing is left to train
+    assert [r["epoch"] for r in log] == [1, 2]
+
+
 def _final_weights(run):
     return torch.load(run / "checkpoint.pt", weights_only=True)["model"]
 

@@ -13,6 +13,12 @@ from pathlib import Path
 from verisparse.errors import VeriSparseError
 
 CONFIG, CHECKPOINT, LOG = "config.json", "checkpoint.pt", "train_log.jsonl"
+# Settings newer than some run directories, with the value that keeps an older run's meaning.
+ADDED_SETTINGS = {"dense_epochs": 0}
+
+
+def with_added_settings(cfg):
+    return {**ADDED_SETTINGS, **cfg} if isinstance(cfg, dict) else cfg
 
 
 def read_config(out: Path, config_type) -> dict:
@@ -26,6 +32,7 @@ def read_config(out: Path, config_type) -> dict:
         raise VeriSparseError(f"{path} is not readable JSON ({e}); restore it or train into a new --out") from None
     if not isinstance(cfg, dict):
         raise VeriSparseError(f"{path} must hold a JSON object of settings")
+    cfg = with_added_settings(cfg)
     known = {f.name for f in fields(config_type)} | {"dataset_info"}
     missing, unknown = sorted(known - set(cfg)), sorted(set(cfg) - known)
     if missing or unknown:
@@ -63,10 +70,10 @@ def check_resumable(state: dict, cfg, out: Path, config_type):
     """A checkpoint and config.json must both belong to the run asked for; returns config.json."""
     saved = read_config(out, config_type)
     settings = {k: v for k, v in saved.items() if k != "dataset_info"}
-    if settings != state["config"]:
+    if settings != with_added_settings(state["config"]):
         raise VeriSparseError(f"{out}/{CONFIG} and {CHECKPOINT} describe different runs; "
                               "restore the directory or train into a new --out")
-    _require_same(state["config"], cfg, out)
+    _require_same(with_added_settings(state["config"]), cfg, out)
     return saved
 
 

@@ -48,6 +48,7 @@ class TrainConfig:
     param_budget: int | None = None  # structured: a weight budget instead of a sparsity
     baseline: str | None = None      # None (VeriSparse) | dense | prune-finetune | hydra
     epochs: int = 100
+    dense_epochs: int = 0            # VeriSparse: epochs trained dense before the mask is chosen by magnitude
     prune_epochs: int | None = None     # hydra only: score optimisation; default 10% of epochs
     finetune_epochs: int | None = None  # prune-finetune and hydra; default epochs // 2
     batch_size: int = 50
@@ -114,7 +115,10 @@ class TrainConfig:
             if c.baseline == "hydra" else 0
         c.warmup_epochs = round(0.05 * c.epochs) if c.warmup_epochs is None else c.warmup_epochs
         c.ramp_epochs = max(1, round(0.5 * c.epochs)) if c.ramp_epochs is None else c.ramp_epochs
-        for name in ("prune_epochs", "finetune_epochs", "warmup_epochs", "ramp_epochs"):
+        if c.dense_epochs and not (c.sparse_from_scratch and 0 < c.dense_epochs < c.epochs):
+            raise VeriSparseError("--dense-epochs is for VeriSparse (no --baseline) and must be in [0, --epochs); "
+                                  f"got {c.dense_epochs}")
+        for name in ("prune_epochs", "finetune_epochs", "warmup_epochs", "ramp_epochs", "dense_epochs"):
             if getattr(c, name) < 0:
                 raise VeriSparseError(f"--{name.replace('_', '-')} must be >= 0; got {getattr(c, name)}")
         if c.warmup_epochs + c.ramp_epochs > c.epochs:
@@ -126,7 +130,7 @@ class TrainConfig:
         return self.baseline is None and (self.sparsity > 0 or self.param_budget is not None)
 
 
-_INT_FIELDS = ("param_budget", "epochs", "prune_epochs", "finetune_epochs", "batch_size", "warmup_epochs",
+_INT_FIELDS = ("param_budget", "epochs", "dense_epochs", "prune_epochs", "finetune_epochs", "batch_size", "warmup_epochs",
                "ramp_epochs", "update_every", "seed", "eval_crown_every")
 _FLOAT_FIELDS = ("eps", "eps_train", "sparsity", "lr", "lr_final", "grad_clip", "kappa_start", "kappa_end",
                  "update_fraction", "update_end")
@@ -235,7 +239,7 @@ def _train(cfg, out_dir, resume, device, progress, download, compact, res):
     counts = None
     if cfg.structure == "structured" and cfg.baseline != "dense":
         counts = sp.structured_counts(model, cfg.sparsity, cfg.param_budget)
-    if cfg.sparse_from_scratch:
+    if cfg.sparse_from_scratch and not cfg.dense_epochs:
         if counts is not None:
             sp.select_units(model, counts, generator=gen)
         else:
@@ -273,7 +277,7 @@ def _train(cfg, out_dir, resume, device, progress, download, compact, res):
     comp = None  # the compacted sub-network while a structured mask is on (trainer/compact.py)
     for epoch in bar:
         phase = "finetune" if epoch >= cfg.epochs + cfg.prune_epochs else "prune" if epoch >= cfg.epochs else \
-            ("sparse" if cfg.sparse_from_scratch else "dense")
+            ("sparse" if cfg.sparse_from_scratch and epoch >= cfg.dense_epochs else "dense")
         masks_before = [alive.clone() for _, _, alive in sp.alive_masks(model)]
         res.epoch_start()
         t0 = time.perf_counter()
@@ -284,11 +288,16 @@ def _train(cfg, out_dir, resume, device, progress, download, compact, res):
                 ddp.update_masks(model, lambda: sp.select_units(model, counts))
             else:
                 ddp.update_masks(model, lambda: sp.magnitude_unstructured(model, cfg.sparsity))
+        elif cfg.sparse_from_scratch and cfg.dense_epochs and epoch == cfg.dense_epochs:
+            # the dense start is over: keep the largest weights or units, as pruning would
+            ddp.update_masks(model, lambda: sp.select_units(model, counts) if counts is not None
+                             else sp.magnitude_unstructured(model, cfg.sparsity))
         elif _remasks(cfg, counts, epoch):
             # re-mask by L2 norm; revived units resume their old weights
             ddp.update_masks(model, lambda: sp.select_units(model, counts))
         model.train()
-        comp = _compacted(comp, compact and counts is not None and phase != "prune", model, opt, ds.input_shape)
+        comp = _compacted(comp, compact and counts is not None and phase not in ("prune", "dense"), model, opt,
+                          ds.input_shape)
         step_model, step_opt = (comp.model, comp.opt) if comp else (model, opt)
         trained = hyd.scores if phase == "prune" else list(step_model.parameters())
         if phase == "prune":  # HYDRA's prune phase moves scores only
@@ -305,7 +314,7 @@ def _train(cfg, out_dir, resume, device, progress, download, compact, res):
             for g in step_opt.param_groups:
                 g["lr"] = lr
             fraction = sp.update_fraction(step, update_steps, cfg.update_fraction, cfg.update_end)
-            move = unstructured_moving and step > 0 and step % cfg.update_every == 0 and fraction > 0
+            move = unstructured_moving and phase == "sparse" and step > 0 and step % cfg.update_every == 0 and fraction > 0
             res.step_begin((phase, len(yb), eps > 0, kappa < 1, beta > 0, cfg.method, move and cfg.regrow),
                            step_model)
             loss, logits, net = ddp.step(step_model, step_fn, xb, yb, eps, K, cfg.method, beta, kappa)
@@ -373,7 +382,7 @@ def _train(cfg, out_dir, resume, device, progress, download, compact, res):
 
 def _remasks(cfg: TrainConfig, counts, epoch: int) -> bool:
     """Whether structured VeriSparse re-chooses its units at the start of this epoch."""
-    return counts is not None and cfg.sparse_from_scratch and 0 < epoch < cfg.update_end * cfg.epochs
+    return counts is not None and cfg.sparse_from_scratch and cfg.dense_epochs < epoch < cfg.update_end * cfg.epochs
 
 
 def _compacted(comp, wanted: bool, model, opt, in_shape):
@@ -422,7 +431,7 @@ def load_run(run_dir, device="cpu"):
     run = Path(run_dir)
     state = load_checkpoint(run / "checkpoint.pt")
     known = {f.name for f in fields(TrainConfig)}
-    cfg_dict = state.get("config")
+    cfg_dict = rd.with_added_settings(state.get("config"))
     if not isinstance(cfg_dict, dict) or set(cfg_dict) != known:
         raise VeriSparseError(f"{run}/checkpoint.pt was written by another version of VeriSparse (config keys differ)")
     cfg = TrainConfig(**cfg_dict).resolved()
