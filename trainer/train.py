@@ -130,8 +130,8 @@ class TrainConfig:
         return self.baseline is None and (self.sparsity > 0 or self.param_budget is not None)
 
 
-_INT_FIELDS = ("param_budget", "epochs", "dense_epochs", "prune_epochs", "finetune_epochs", "batch_size", "warmup_epochs",
-               "ramp_epochs", "update_every", "seed", "eval_crown_every")
+_INT_FIELDS = ("param_budget", "epochs", "dense_epochs", "prune_epochs", "finetune_epochs", "batch_size",
+               "warmup_epochs", "ramp_epochs", "update_every", "seed", "eval_crown_every")
 _FLOAT_FIELDS = ("eps", "eps_train", "sparsity", "lr", "lr_final", "grad_clip", "kappa_start", "kappa_end",
                  "update_fraction", "update_end")
 _OPTIONAL = ("data_root", "eps_train", "param_budget", "baseline", "prune_epochs", "finetune_epochs", "lr",
@@ -314,7 +314,8 @@ def _train(cfg, out_dir, resume, device, progress, download, compact, res):
             for g in step_opt.param_groups:
                 g["lr"] = lr
             fraction = sp.update_fraction(step, update_steps, cfg.update_fraction, cfg.update_end)
-            move = unstructured_moving and phase == "sparse" and step > 0 and step % cfg.update_every == 0 and fraction > 0
+            move = (unstructured_moving and phase == "sparse" and step > 0 and step % cfg.update_every == 0
+                    and fraction > 0)
             res.step_begin((phase, len(yb), eps > 0, kappa < 1, beta > 0, cfg.method, move and cfg.regrow),
                            step_model)
             loss, logits, net = ddp.step(step_model, step_fn, xb, yb, eps, K, cfg.method, beta, kappa)
