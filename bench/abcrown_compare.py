@@ -107,6 +107,34 @@ def compare(ours, theirs):
     return conflicts, one_sided
 
 
+_BOUND = re.compile(r"\(assert \((>=|<=) X_(\d+) (\S+)\)\)")
+_UNSAFE = re.compile(r"\(and \(>= Y_(\d+) Y_(\d+)\)\)")
+
+
+def read_property(text):
+    """(lo, hi, [(j, label)]) of a verisparse VNN-LIB file: the input box and the unsafe rows."""
+    bounds = [(op, int(k), float(v)) for op, k, v in _BOUND.findall(text)]
+    n = max(k for _, k, _ in bounds) + 1
+    lo, hi = np.full(n, -np.inf), np.full(n, np.inf)
+    for op, k, v in bounds:
+        (lo if op == ">=" else hi)[k] = v
+    return lo, hi, [(int(j), int(y)) for j, y in _UNSAFE.findall(text)]
+
+
+def check_counterexample(session, text, x):
+    """Our counterexample, re-checked without our verifier: inside the VNN-LIB box (as float32,
+    what the network reads) and some unsafe row holds under ONNX Runtime. Returns a reason or None."""
+    lo, hi, rows = read_property(text)
+    flat = np.asarray(x, np.float32).reshape(-1)
+    if flat.size != lo.size or np.any(flat < lo.astype(np.float32)) or np.any(flat > hi.astype(np.float32)):
+        return "outside the VNN-LIB input box"
+    feed = {session.get_inputs()[0].name: flat.reshape(1, *np.asarray(x).shape)}
+    z = session.run(None, feed)[0].reshape(-1)
+    if not any(z[j] >= z[y] for j, y in rows):
+        return f"ONNX Runtime scores {z.tolist()}: no unsafe row holds"
+    return None
+
+
 def select(statuses, count, unknown_first=True):
     """Every CROWN-unknown sample (up to count), then verified and falsified ones spread evenly
     over the pool, half each (what one kind lacks the other fills)."""
@@ -246,8 +274,34 @@ def main(argv=None):
     if missing:
         sys.exit(f"alpha-beta-CROWN reported no result for samples {missing}; see {a.out / 'abcrown.log'}")
 
+    bad = recheck_counterexamples(vnn, a.out / "ours_auto_counterexamples.npz", samples, auto)
     print(f"\n{a.model}, eps {a.eps:g}, {len(samples)} instances, {a.timeout:g} s per instance, CPU\n")
-    return report(samples, crown, auto, theirs)
+    code = report(samples, crown, auto, theirs)
+    falsified = sum(auto[i][0] == "falsified" for i in samples)
+    print(f"our counterexamples re-checked on the VNN-LIB boxes with ONNX Runtime: {falsified - len(bad)} of "
+          f"{falsified} hold")
+    for i, why in bad:
+        print(f"!!!   sample {i}: verisparse's counterexample is not one: {why}")
+    return 1 if bad else code
+
+
+def recheck_counterexamples(vnn, cex_path, samples, auto):
+    """[(sample, reason)] for each verisparse-falsified sample whose counterexample does not hold."""
+    import onnxruntime as ort
+    session = ort.InferenceSession(str(vnn / "model.onnx"), providers=["CPUExecutionProvider"])
+    cex = {}
+    if cex_path.is_file():
+        with np.load(cex_path) as z:
+            cex = {samples[int(k)]: x for k, x in zip(z["index"], z["x"])}
+    bad = []
+    for i in samples:
+        if auto[i][0] != "falsified":
+            continue
+        why = (check_counterexample(session, (vnn / "vnnlib" / f"sample_{i}.vnnlib").read_text(), cex[i])
+               if i in cex else "no counterexample stored")
+        if why:
+            bad.append((i, why))
+    return bad
 
 
 def report(samples, crown, auto, theirs):

@@ -107,3 +107,24 @@ def test_missing_checkout_says_how_to_get_one(tmp_path):
     with pytest.raises(SystemExit) as e:
         ac.main(["--abcrown", str(tmp_path / "nowhere")])
     assert "not an alpha-beta-CROWN checkout" in str(e.value) and "git clone --recursive" in str(e.value)
+
+
+def test_counterexample_recheck_reads_the_vnnlib_box_and_runs_onnx(tmp_path):
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from verisparse.verify.vnnlib import property_text
+    w = helper.make_tensor("W", TensorProto.FLOAT, [2, 2], [1.0, 0.0, 0.0, 1.0])  # logits = the input
+    graph = helper.make_graph([helper.make_node("MatMul", ["X", "W"], ["Y"])], "id",
+                              [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, 2])],
+                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [1, 2])], [w])
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    text = property_text(np.array([0.1, 0.0]), np.array([1.0, 0.9]), 0, 2)
+    assert ac.read_property(text)[2] == [(1, 0)]
+    assert ac.check_counterexample(session, text, np.array([0.2, 0.8])) is None
+    assert "no unsafe row holds" in ac.check_counterexample(session, text, np.array([0.9, 0.1]))
+    assert "outside" in ac.check_counterexample(session, text, np.array([0.05, 0.9]))
