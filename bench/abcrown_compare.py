@@ -1,4 +1,4 @@
-"""Cross-check `verisparse verify` against alpha-beta-CROWN on the same VNN-COMP instances.
+r"""Cross-check `verisparse verify` against alpha-beta-CROWN on the same VNN-COMP instances.
 
   .venv/bin/python bench/abcrown_compare.py --abcrown /tmp/abcrown [--model runs/default/model.onnx]
       [--eps 0.1] [--pool 1000] [--count 40 | --samples 3,17,42] [--timeout 30] [--out DIR]
@@ -23,7 +23,8 @@ falsified ones (--count in all), or --samples; `verify --method auto` on exactly
 dataset of the selected samples, same per-sample --time-limit); alpha-beta-CROWN's abcrown.py in its
 csv mode on the selected instances (CPU, bab.timeout = --timeout). Prints verdict counts and seconds
 per tool and every sample where the tools differ. Exit 1 when one tool proves what the other refutes
-(verified vs unsafe, falsified vs safe): that is a soundness bug in one of them.
+(verified vs unsafe, falsified vs safe), or when one of our counterexamples does not hold: that is
+a soundness bug in one of them. Exit 2 when the comparison cannot run (no checkout, a tool failed).
 """
 from __future__ import annotations
 
@@ -51,6 +52,12 @@ _SAMPLE = re.compile(r"sample_(\d+)\.vnnlib$")
 
 def _note(msg):
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def _fail(msg):
+    """A comparison that could not run exits 2: exit 1 is kept for the soundness verdict."""
+    print(msg, file=sys.stderr)
+    sys.exit(2)
 
 
 def abcrown_verdict(status, seconds, timeout):
@@ -175,7 +182,7 @@ def _verisparse(*args):
     start = time.perf_counter()
     r = subprocess.run(cmd)
     if r.returncode not in (0, 1):  # 1: below --min-vra, still a certificate
-        sys.exit(f"verisparse verify failed with exit {r.returncode}")
+        _fail(f"verisparse verify failed with exit {r.returncode}")
     return time.perf_counter() - start
 
 
@@ -231,7 +238,7 @@ def run_abcrown(abcrown, deps, vnn_dir, csv_name, timeout, out):
                 _note(f"  abcrown {line.strip().strip('%').strip()}")
         proc.wait()
     if proc.returncode != 0:
-        sys.exit(f"alpha-beta-CROWN exited {proc.returncode}; see {log}")
+        _fail(f"alpha-beta-CROWN exited {proc.returncode}; see {log}")
     return log.read_text(), time.perf_counter() - start
 
 
@@ -249,7 +256,8 @@ def main(argv=None):
     a = ap.parse_args(argv)
     if not (a.abcrown / "complete_verifier" / "abcrown.py").is_file() or \
             not (a.abcrown / "complete_verifier" / "auto_LiRPA" / "__init__.py").is_file():
-        sys.exit(f"{a.abcrown} is not an alpha-beta-CROWN checkout with auto_LiRPA; {GET_ABCROWN}")
+        print(f"{a.abcrown} is not an alpha-beta-CROWN checkout with auto_LiRPA; {GET_ABCROWN}", file=sys.stderr)
+        return 2  # 1 is the soundness verdict
     a.out.mkdir(parents=True, exist_ok=True)
     vnn = a.out / "vnncomp"
 
@@ -275,7 +283,7 @@ def main(argv=None):
     theirs = parse_abcrown_log(log, chosen, a.timeout)
     missing = [i for i in samples if i not in theirs]
     if missing:
-        sys.exit(f"alpha-beta-CROWN reported no result for samples {missing}; see {a.out / 'abcrown.log'}")
+        _fail(f"alpha-beta-CROWN reported no result for samples {missing}; see {a.out / 'abcrown.log'}")
 
     bad = recheck_counterexamples(vnn, a.out / "ours_auto_counterexamples.npz", samples, auto)
     print(f"\n{a.model}, eps {a.eps:g}, {len(samples)} instances, {a.timeout:g} s per instance, CPU\n")
