@@ -26,8 +26,10 @@ def property_text(x_l, x_u, label, num_classes, comment=""):
     out += [f"(declare-const Y_{j} Real)" for j in range(num_classes)]
     out.append("")
     for k in range(lo.size):
-        out.append(f"(assert (>= X_{k} {lo[k]!r}))")
-        out.append(f"(assert (<= X_{k} {hi[k]!r}))")
+        # repr of a Python float: the shortest text that reads back exactly (numpy 2's own repr
+        # writes "np.float64(...)", which no VNN-LIB reader parses)
+        out.append(f"(assert (>= X_{k} {float(lo[k])!r}))")
+        out.append(f"(assert (<= X_{k} {float(hi[k])!r}))")
     out.append("")
     out.append("(assert (or")
     out += [f"    (and (>= Y_{j} Y_{label}))" for j in range(num_classes) if j != label]
