@@ -4,8 +4,10 @@ A margin row that CROWN cannot prove positive on the box is split on one unstabl
 z: one subdomain assumes z >= 0, the other z <= 0, and the union is the box again. The box's
 CROWN intermediate bounds hold in every subdomain; each subdomain intersects them with what
 its splits assume (BoundedNet's clips) and with the interval bounds that follow from that,
-which makes the split neuron exact and tightens what comes after it, at the cost of one
-interval pass and one backward pass per subdomain. A subdomain whose bounds contradict its
+which makes the split neuron exact and tightens what comes after it. Where CROWN leaves a
+batch's subdomain open, beta-CROWN (Wang et al., NeurIPS 2021) puts the splits into the bound
+itself: one Lagrange multiplier beta >= 0 per split, optimised jointly with the output's ReLU
+lower slopes by projected Adam (_alpha_beta). A subdomain whose bounds contradict its
 splits is empty. The row is proved when every leaf is proved or empty;
 a leaf's concretising point that the runtime misclassifies is a counterexample. Bounds are
 the sound float32 ones (verify.rounding), so a split on z is a split on the value the float32
