@@ -4,8 +4,10 @@ A margin row that CROWN cannot prove positive on the box is split on one unstabl
 z: one subdomain assumes z >= 0, the other z <= 0, and the union is the box again. The box's
 CROWN intermediate bounds hold in every subdomain; each subdomain intersects them with what
 its splits assume (BoundedNet's clips) and with the interval bounds that follow from that,
-which makes the split neuron exact and tightens what comes after it, at the cost of one
-interval pass and one backward pass per subdomain. A subdomain whose bounds contradict its
+which makes the split neuron exact and tightens what comes after it. Where CROWN leaves a
+batch's subdomain open, beta-CROWN (Wang et al., NeurIPS 2021) puts the splits into the bound
+itself: one Lagrange multiplier beta >= 0 per split, optimised jointly with the output's ReLU
+lower slopes by projected Adam (_alpha_beta). A subdomain whose bounds contradict its
 splits is empty. The row is proved when every leaf is proved or empty;
 a leaf's concretising point that the runtime misclassifies is a counterexample. Bounds are
 the sound float32 ones (verify.rounding), so a split on z is a split on the value the float32
@@ -27,6 +29,8 @@ from .ops import ReLU
 
 BATCH = 64          # subdomains bounded per call
 MAX_DOMAINS = 20_000  # per margin row: past it the row stays open
+ITERATIONS = 10     # beta-CROWN's projected Adam steps per batch of subdomains
+LEARNING_RATE = 0.1
 
 
 @dataclass
@@ -74,6 +78,7 @@ def prove_row(net: BoundedNet, x_l, x_u, c, time_limit, counterexample=None):
             end, W, const0, lay, slack = net.output_problem(xl, xu, C, "ibp", clips)
             trace = {}
             lb = net.output_bound(W, const0, end, lay, slack, xl, xu, True, trace=trace)[:, 0]
+        lb = _alpha_beta(net, (end, W, const0, lay, slack), xl, xu, _signs([d for d, _ in batch], relus, root), lb)
         lb = torch.maximum(lb, torch.tensor([b for _, b in batch], dtype=lb.dtype, device=lb.device))
         empty = torch.zeros(D, dtype=torch.bool, device=lb.device)
         for i in relus:
@@ -105,6 +110,67 @@ def prove_row(net: BoundedNet, x_l, x_u, c, time_limit, counterexample=None):
                 child[i] = (lo, hi)
                 domains.append((child, float(lb[k])))
     return Outcome(True, weakest)
+
+
+def _signs(batch, relus, root):
+    """Per relaxed op: (D, *neuron) +1 where a subdomain assumes z >= 0, -1 where z <= 0, else 0."""
+    out = {}
+    for i in relus:
+        sign = torch.zeros(len(batch), *root[i][0].shape[1:], dtype=root[i][0].dtype, device=root[i][0].device)
+        for k, d in enumerate(batch):
+            if i in d:
+                sign[k] = (d[i][0] == 0).to(sign.dtype) - (d[i][1] == 0).to(sign.dtype)
+        if sign.ne(0).any():
+            out[i] = sign
+    return out
+
+
+def _alpha_beta(net, problem, xl, xu, signs, lb, iterations=ITERATIONS, lr=LEARNING_RATE):
+    """beta-CROWN on a batch of subdomains: the best of lb (CROWN's) and the bounds of
+    iterations projected Adam steps on the output's lower slopes (alpha in [0, 1] on unstable
+    neurons) and one multiplier beta >= 0 per split. On a subdomain that assumes s·z >= 0 for
+    each split neuron z (s = +-1), c·f(x) >= c·f(x) - sum beta·s·z(x) for any beta >= 0, so
+    every step's linear bound is sound; its A takes -beta·s at z (BoundedNet's betas). Beta
+    enters A as one float addition, whose rounding (monotone) only moves beta within >= 0."""
+    end, W, const0, lay, slack = problem
+    if bool((lb > 0).all()):
+        return lb
+    fixed, unstable, alpha = {}, {}, {}
+    for i, (l, u) in lay.pre.items():
+        if isinstance(net.ops[i], ReLU):
+            fixed[i] = ReLU.lines(l, u)[0].unsqueeze(1)
+            unstable[i] = ReLU.unstable(l, u).unsqueeze(1)
+            if unstable[i].any():
+                alpha[i] = fixed[i].clone().requires_grad_(True)
+    beta = {i: torch.zeros_like(sg).unsqueeze(1).requires_grad_(True) for i, sg in signs.items()}
+    if not alpha and not beta:
+        return lb
+    opt = torch.optim.Adam(list(alpha.values()) + list(beta.values()), lr=lr)
+    best = lb.clone()
+
+    def bound():
+        slopes = {i: torch.where(unstable[i], a, fixed[i]) for i, a in alpha.items()}
+        betas = {i: -b * signs[i].unsqueeze(1) for i, b in beta.items()}
+        return net.output_bound(W, const0, end, lay, slack, xl, xu, True, slopes=slopes, betas=betas)[:, 0]
+
+    with torch.enable_grad():
+        for _ in range(iterations):
+            b = bound()
+            best = torch.maximum(best, b.detach())
+            open_ = best <= 0
+            if not bool(open_.any()):
+                return best
+            params = list(alpha.values()) + list(beta.values())
+            for p, g in zip(params, torch.autograd.grad(-b[open_].sum(), params)):
+                p.grad = g
+            opt.step()
+            with torch.no_grad():
+                for a in alpha.values():
+                    a.clamp_(0.0, 1.0)
+                for v in beta.values():
+                    v.clamp_(min=0.0)
+    with torch.no_grad():
+        return torch.maximum(best, bound())
 
 
 def _clips(batch, relus, root):

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from .ops import AvgPool2d, Conv2d, Linear
+from .ops import AvgPool2d, ChannelAffine, Conv2d, Linear
+from .windows import backward_windows, unit_windows
 
 
 def _relaxed(op):
@@ -19,14 +20,22 @@ def _relaxed(op):
 
 def _through_lines(A, lines, lower: bool):
     """Pull A back through lo_s·x + lo_c <= f(x) <= up_s·x + up_c (per neuron; tensors shaped
-    like A without its spec dimension, or 0-d): a lower bound on A·f(x) takes the lower line
+    like A without its spec dimension, or 0-d; an intercept may be None for 0): a lower bound on A·f(x) takes the lower line
     where A > 0 and the upper one where A < 0; an upper bound the other way round. A tensor
     that already has the spec dimension (alpha-CROWN's slopes, one per spec row) is used as it is."""
-    lo_s, lo_c, up_s, up_c = (t.unsqueeze(1) if t.dim() == A.dim() - 1 else t for t in lines)
+    lo_s, lo_c, up_s, up_c = (t.unsqueeze(1) if t is not None and t.dim() == A.dim() - 1 else t for t in lines)
     if not lower:
         lo_s, lo_c, up_s, up_c = up_s, up_c, lo_s, lo_c
-    pos = A > 0
-    return A * torch.where(pos, lo_s, up_s), (A * torch.where(pos, lo_c, up_c)).flatten(2).sum(-1)
+    # A·where(A > 0, lo, up) as two products, one of them exactly 0 per entry: fewer passes
+    pos, neg = A.clamp(min=0), A.clamp(max=0)
+    return pos * lo_s + neg * up_s, _dot(pos, lo_c) + _dot(neg, up_c)
+
+
+def _dot(A, c):
+    """Per (row, spec) sum of A·c; c None (zero), 0-d (one intercept for every neuron) or per neuron."""
+    if c is None:
+        return A.new_zeros(A.shape[:2])
+    return A.flatten(2).sum(-1) * c if c.dim() == 0 else (A * c).flatten(2).sum(-1)
 
 # Intermediate CROWN bounds are built a chunk of neurons at a time; this caps the
 # elements of one chunk's linear-function tensor (about 4 bytes each).
@@ -59,6 +68,11 @@ def concretize(A, const, x_l, x_u, lower: bool):
     centre = (A * mid).flatten(2).sum(-1)
     spread = (A.abs() * rad).flatten(2).sum(-1)
     return centre + const - spread if lower else centre + const + spread
+
+
+def _windowable(op):
+    """Ops a window of a linear function passes through on its own (verify.windows)."""
+    return _relaxed(op) or isinstance(op, (Conv2d, ChannelAffine))
 
 
 class _Layers:
@@ -142,21 +156,24 @@ class BoundedNet:
             return torch.einsum("bsk,bk->bs", C.abs(), self.errors[last](lay.l, lay.u))
         return torch.zeros(W.shape[:2], dtype=W.dtype, device=W.device)
 
-    def _concretize(self, A, const, x_l, x_u, lower: bool):
-        """concretize, less what its own sums over the input can round away (unit > 0)."""
+    def _concretize(self, A, const, x_l, x_u, lower: bool, n_in=None):
+        """concretize, less what its own sums over the input can round away (unit > 0).
+        n_in: the input's size when A and the box are windows of it."""
         bound = concretize(A, const, x_l, x_u, lower)
         if self.unit:
             h = torch.maximum(x_l.abs(), x_u.abs()).unsqueeze(1)
-            n = x_l[0].numel() + 4
+            n = (n_in or x_l[0].numel()) + 4
             slack = _gamma(n, self.unit) * (A.abs() * h).flatten(2).sum(-1) + _gamma(4, self.unit) * const.abs()
             bound = bound - slack if lower else bound + slack
         return bound
 
-    def _backward(self, A, end, lay, lower: bool, rows=None, slopes=None, trace=None):
+    def _backward(self, A, end, lay, lower: bool, rows=None, slopes=None, trace=None, betas=None):
         """Pull linear functions A of ops[end-1]'s output back to the network input.
         rows: for each batch row of A, the sample whose pre-activation bounds apply.
         slopes: {op index: lower-line slopes shaped like A} replacing CROWN's (alpha-CROWN).
-        trace: a dict that receives A at each relaxed op's output (branching scores)."""
+        trace: a dict that receives A at each relaxed op's output (branching scores).
+        betas: {op index: terms shaped like A} added to A at that relaxed op's input, after its
+        lines: beta-CROWN's multipliers of split constraints (verify.bab)."""
         pre = lay.pre
         const = A.new_zeros(A.shape[:2])
         for i in reversed(range(end)):
@@ -170,10 +187,12 @@ class BoundedNet:
                     trace[i] = A
                 lines = op.lines(*pre[i])  # once per sample, then one copy per row
                 if rows is not None:
-                    lines = tuple(t[rows] if t.dim() else t for t in lines)
+                    lines = tuple(t[rows] if t is not None and t.dim() else t for t in lines)
                 if slopes is not None and i in slopes:
                     lines = (slopes[i],) + tuple(lines[1:])
                 A, c = _through_lines(A, lines, lower)
+                if betas is not None and i in betas:
+                    A = A + betas[i]
             else:
                 A, c = op.backward(A)
             const = const + c
@@ -208,15 +227,23 @@ class BoundedNet:
                     spread = spread + A[0].abs().flatten(1) @ lay.err[j - 1].flatten(1).T
                 A, c = self.ops[j - 1].backward(A)
                 const, j = const + c, j - 1
-            for part in torch.arange(len(sample), device=l.device).split(max(1, _MAX_A_ELEMENTS // widest)):
+            win = unit_windows(A[0], self.ops[:j]) if all(map(_windowable, self.ops[:j])) else None
+            n_in = x_l[0].numel()
+            for part in torch.arange(len(sample), device=l.device).split(max(1, _MAX_A_ELEMENTS // (2 * widest))):
                 s, rows = sample[part], which[part]
-                A_rows, c_rows = A[0, rows].unsqueeze(1), const[0, rows].unsqueeze(1)
-                for lower, flat, pick in ((True, flat_l, torch.maximum), (False, flat_u, torch.minimum)):
-                    Ar, cr = self._backward(A_rows, j, lay, lower, rows=s)
-                    sign = -1 if lower else 1
-                    cr = cr + c_rows + sign * spread[rows, s].unsqueeze(1)
-                    bound = self._concretize(Ar, cr, x_l[s], x_u[s], lower).squeeze(1)
-                    flat[s, neuron[part]] = pick(flat[s, neuron[part]], bound)
+                # lower and upper bounds in one pass: upper(A·f) = -lower(-A·f), exactly in floats
+                c_rows = torch.stack([const[0, rows], -const[0, rows]], 1)
+                if win is None:
+                    Ar = A[0, rows].unsqueeze(1)
+                    Ar, cr = self._backward(torch.cat([Ar, -Ar], 1), j, lay, True, rows=s)
+                    box_l, box_u = x_l[s], x_u[s]
+                else:
+                    Ar, cr, box_l, box_u = backward_windows(self.ops, win, rows, s, j, lay, x_l, x_u)
+                cr = cr + c_rows - spread[rows, s].unsqueeze(1)
+                bound = self._concretize(Ar, cr, box_l, box_u, True, n_in)
+                n = neuron[part]
+                flat_l[s, n] = torch.maximum(flat_l[s, n], bound[:, 0])
+                flat_u[s, n] = torch.minimum(flat_u[s, n], -bound[:, 1])
             pre[i] = (flat_l.view_as(l), flat_u.view_as(u))
         return lay
 
@@ -246,9 +273,29 @@ class BoundedNet:
         slack = self._spec_slack(lay, C) if C is not None else 0
         return len(ops), W, const0, lay, slack
 
-    def output_bound(self, W, const0, end, lay, slack, x_l, x_u, lower: bool, slopes=None, trace=None):
-        A, c = self._backward(W, end, lay, lower, slopes=slopes, trace=trace)
+    def output_bound(self, W, const0, end, lay, slack, x_l, x_u, lower: bool, slopes=None, trace=None,
+                     betas=None):
+        keep = _live_rows(W, const0) if slopes is None and trace is None and betas is None else None
+        if keep is None:
+            bound = self._linear_bound(W, const0, end, lay, x_l, x_u, lower, slopes, trace, betas)
+        else:  # a spec row that is zero (a margin's own class) bounds to exactly 0: skip it
+            W_live = W.gather(1, keep.view(*keep.shape, *[1] * (W.dim() - 2)).expand(*keep.shape, *W.shape[2:]))
+            part = self._linear_bound(W_live, const0.gather(1, keep), end, lay, x_l, x_u, lower)
+            bound = W.new_zeros(W.shape[:2]).scatter(1, keep, part)
+        return bound - slack if lower else bound + slack
+
+    def _linear_bound(self, W, const0, end, lay, x_l, x_u, lower, slopes=None, trace=None, betas=None):
+        A, c = self._backward(W, end, lay, lower, slopes=slopes, trace=trace, betas=betas)
         if trace is not None:
             trace["input"] = A
-        bound = self._concretize(A, c + const0, x_l, x_u, lower)
-        return bound - slack if lower else bound + slack
+        return self._concretize(A, c + const0, x_l, x_u, lower)
+
+
+def _live_rows(W, const0):
+    """(B, S') indices of the spec rows that are not zero, when every sample has S' < S of
+    them (margin specs: all but the true class); None otherwise."""
+    live = W.flatten(2).ne(0).any(-1) | const0.ne(0)
+    n = live.sum(1)
+    if not len(n) or not bool((n == n[0]).all()) or int(n[0]) == W.shape[1]:
+        return None
+    return live.nonzero()[:, 1].view(len(n), -1)
