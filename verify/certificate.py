@@ -38,7 +38,7 @@ def summarize(results, min_vra):
     by_stage = Counter(r.decided_by for r in results if r.status == "verified")
     # the cascade's ladder: what each stage had verified by the time it finished
     ladder, acc = {}, 0
-    for stage in ("ibp", "crown", "alpha-crown", "int8-ibp", "int8-crown", "bab", "milp"):
+    for stage in ("ibp", "crown", "alpha-crown", "int8-ibp", "int8-crown", "bab", "int8-bab", "milp"):
         if stage in by_stage:
             acc += by_stage[stage]
             ladder[stage] = acc / n
@@ -109,8 +109,8 @@ def read(path):
 
 METHODS = ("ibp", "crown", "alpha-crown", "bab", "milp", "auto")
 STATUSES = ("verified", "falsified", "unknown")
-STAGES = ("clean", "ibp", "crown", "alpha-crown", "bab", "milp", "int8-ibp", "int8-crown", "pgd", "int8-search",
-          "time-budget")
+STAGES = ("clean", "ibp", "crown", "alpha-crown", "bab", "milp", "int8-ibp", "int8-crown", "int8-bab", "pgd",
+          "int8-search", "time-budget")
 MAX_TIME_LIMIT_S = 3600.0  # per sample; a larger claim is a forged or broken certificate
 MAX_SHARDS = 100_000
 _SHA256 = re.compile(r"[0-9a-f]{64}")

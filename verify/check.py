@@ -20,12 +20,13 @@ from .deadline import deadline
 from .limits import CHECK_TIME_LIMIT_S, DEFAULTS
 
 # the cascade's stages in order: a verified sample must re-verify at its stage or earlier
-_ORDER = {"ibp": 0, "crown": 1, "alpha-crown": 2, "bab": 3, "milp": 4, "int8-ibp": 0, "int8-crown": 1}
+_ORDER = {"ibp": 0, "crown": 1, "alpha-crown": 2, "bab": 3, "milp": 4, "int8-ibp": 0, "int8-crown": 1,
+          "int8-bab": 3}
 _BOUND_STAGES = ("ibp", "crown", "alpha-crown", "bab")  # by _ORDER; a rank past them re-runs the method
 _CHUNK = 50  # samples re-verified at a time
 _FLOAT_STAGES = ("ibp", "crown", "alpha-crown", "bab", "milp")
 _FAMILY = {"onnx": _FLOAT_STAGES, "checkpoint": _FLOAT_STAGES,
-           "tflite": ("int8-ibp", "int8-crown")}
+           "tflite": ("int8-ibp", "int8-crown", "int8-bab")}
 
 
 def artifact_path(cert_path, cert, override=None):
