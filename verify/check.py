@@ -67,7 +67,9 @@ def _recheck(cert_path, cert, path, dataset, data_root, trust_paths, limits):
     from .artifact import load_artifact
     from .bounds import input_box
     from .samples import dataset_name, load_split
-    art = load_artifact(path, limits, trust_paths=trust_paths, user_dataset=dataset)
+    # an int8 certificate is re-verified under the kernels it claims to cover (older ones: reference)
+    kernels = cert.get("kernels", "reference") if cert["artifact"]["kind"] == "tflite" else "reference"
+    art = load_artifact(path, limits, trust_paths=trust_paths, user_dataset=dataset, kernels=kernels)
     if art.kind != cert["artifact"]["kind"]:
         return [f"the certificate is for a {cert['artifact']['kind']} artifact, {path.name} is {art.kind}"]
     method = cert.get("method_resolved", cert["method"])
