@@ -127,7 +127,6 @@ def test_xnnpack_outputs_stay_inside_the_widened_bounds(digits_run):
     from verisparse.int8_runtime import quantize, run_litert
     from verisparse.trainer.datasets import load_dataset
     from verisparse.verify.artifact import load_artifact
-    from verisparse.verify.int8_verify import _nhwc
     art = load_artifact(digits_run / "model_int8.tflite", kernels="all")
     model, data = art.extra["model"], art.path.read_bytes()
     ds = load_dataset("digits")
@@ -141,16 +140,19 @@ def test_xnnpack_outputs_stay_inside_the_widened_bounds(digits_run):
         assert (lo.numpy() <= out).all() and (out <= hi.numpy()).all()
     res = art.verify(x[:60], y[:60], 0.02, "auto", time_limit=2.0)
     verified = [r.index for r in res if r.status == "verified"]
-    assert len(verified) >= 10
-    rng = np.random.default_rng(0)
-    shape = _nhwc(model.in_shape)
-    for i in verified:
-        lo_q, hi_q = (quantize(np.clip(x[i].numpy() + s * 0.02, 0, 1).transpose(1, 2, 0), model.in_scale,
-                               model.in_zp) for s in (-1, 1))
-        cands = rng.integers(lo_q.astype(np.int64), hi_q.astype(np.int64) + 1, (20, *shape)).astype(np.int8)
-        cands[0], cands[1] = lo_q, hi_q
-        out = run_litert(data, cands, reference=False)
-        assert (out.argmax(1) == int(y[i])).all(), i
+    assert len(verified) >= 3
+    from verisparse.verify.int8_attack import integer_search
+    from verisparse.verify.rounding import inner_box
+    a_l, a_u = inner_box(x[verified], 0.02)
+    r_l, r_u = (torch.from_numpy(model.quantize(v.numpy())) for v in (a_l, a_u))
+    gen = torch.Generator().manual_seed(0)
+    yv = y[verified]
+    for start in range(4):  # the integer search's best points, and random ones, judged by XNNPACK
+        u0 = (r_l + (r_u - r_l) * torch.rand(r_l.shape, generator=gen, dtype=r_l.dtype)).round()
+        for cand in (integer_search(model, u0, r_l, r_u, yv, generator=gen)[0], u0):
+            qc = (cand.numpy() + model.in_zp).astype(np.int8).transpose(0, 2, 3, 1)
+            out = run_litert(data, qc, reference=False)
+            assert (out.argmax(1) == yv.numpy()).all()
 
 
 @pytest.mark.slow
@@ -171,3 +173,56 @@ def test_cli_kernels_certificate_names_and_rechecks_them(digits_run, tmp_path):
     r = CliRunner().invoke(main, ["verify", str(digits_run / "model.onnx"), "--n", "5", "--kernels", "xnnpack",
                                   "--report", str(tmp_path / "c2.json")])
     assert r.exit_code == 2 and "--kernels" in r.output
+
+
+def _keras_normalised(tmp_path):
+    """A Keras Rescaling layer (the converter makes it MUL and ADD by constants) before a CNN."""
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).parent))
+    import tensorflow as tf
+    from firmware_zoo import _convert, _perturb
+    from tensorflow.keras import layers
+    tf.keras.utils.set_random_seed(3)
+    inp = layers.Input((8, 8, 1), batch_size=1)
+    x = layers.Rescaling(1 / 0.3, offset=-0.5)(inp)
+    x = layers.Conv2D(4, 3, strides=2, padding="same", activation="relu")(x)
+    x = layers.Dense(3)(layers.Flatten()(x))
+    model = tf.keras.Model(inp, x)
+    _perturb(model, 0.3)
+    path = tmp_path / "normalised.tflite"
+    path.write_bytes(_convert(model, (8, 8, 1)))
+    return path
+
+
+@pytest.mark.slow
+def test_input_normalisation_mul_add_is_exact_and_bounds_hold(tmp_path):
+    """MUL/ADD at the input: the integer model is bit-exact with LiteRT and TFLM on random
+    int8 inputs, and bounds on random boxes contain every sampled input's outputs."""
+    from verisparse.int8_runtime import run_litert, run_tflm
+    from verisparse.tflite_graph import read_tflite
+    from verisparse.verify.int8_verify import load_tflite_artifact
+    path = _keras_normalised(tmp_path)
+    data = path.read_bytes()
+    assert [op.opcode for op in read_tflite(data).operators][:2] == ["MUL", "ADD"]
+    model = load_tflite_artifact(path, "0" * 64).extra["model"]
+    rng = np.random.default_rng(0)
+    q = rng.integers(-128, 128, (64, 8, 8, 1)).astype(np.int8)
+    u = torch.from_numpy(q.transpose(0, 3, 1, 2).astype(np.float64) - model.in_zp)
+    with torch.no_grad():
+        ours = model.forward_int(u).numpy() + model.out_zp
+        at_l, at_u = (t.numpy() + model.out_zp for t in model.net.ibp(u, u))
+    lite, tflm = run_litert(data, q), run_tflm(data, q)
+    # FULLY_CONNECTED rounds once in LiteRT, twice in TFLM: the model is one of them, the bounds hold both
+    assert ((ours == lite) | (ours == tflm)).all() and (ours == tflm).mean() > 0.9
+    assert (at_l <= np.minimum(lite, tflm)).all() and (np.maximum(lite, tflm) <= at_u).all()
+    C = margin_spec(torch.zeros(8, dtype=torch.long), 3).double()
+    lo, hi = (u[:8] - 6).clamp(-128 - model.in_zp, 127 - model.in_zp), (u[:8] + 6).clamp(max=127 - model.in_zp)
+    with torch.no_grad():
+        (il, iu), cl = model.net.ibp(lo, hi), model.net.crown(lo, hi, C)
+        pts = (lo.unsqueeze(1) + ((hi - lo).unsqueeze(1) * torch.rand(8, 200, 1, 8, 8, dtype=torch.float64)).round())
+        out = model.net.forward(pts.flatten(0, 1)).view(8, 200, 3)
+    assert (il.unsqueeze(1) <= out).all() and (out <= iu.unsqueeze(1)).all()
+    assert (cl.unsqueeze(1) <= torch.einsum("bsk,bnk->bns", C, out) + 1e-6).all()
+    with pytest.raises(Exception, match="--kernels reference"):
+        load_tflite_artifact(path, "0" * 64, kernels="all")

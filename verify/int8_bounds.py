@@ -25,7 +25,9 @@ from .bounds import BoundedNet, concretize
 
 _TOL = 1e-4  # slack on float64 accumulator bounds before rounding them to integers
 QUANT_NUDGE = 2.0 ** -20  # relative: a float32 x / scale (or x * (1 / scale)) is within a few ulps
-SUPPORTED = "CONV_2D (per-channel or per-tensor), FULLY_CONNECTED, PAD (height and width), RESHAPE"
+SUPPORTED = ("CONV_2D (per-channel or per-tensor), FULLY_CONNECTED, PAD (height and width), RESHAPE, and MUL/ADD/SUB "
+             "by constants at the input (normalisation)")
+ELEMENTWISE = ("MUL", "ADD", "SUB")
 
 
 def single_rounding(acc, q, shift):
@@ -176,6 +178,55 @@ class Requant:
         return lo_s, lo_c, up_s, up_c
 
 
+class Table:
+    """An element-wise int8 -> int8 map (the input normalisation's MUL/ADD/SUB by constants),
+    tabulated from LiteRT's reference kernels on every int8 value: values (256, *shape) are
+    the outputs (u_out) for inputs u = -128 - zp .. 127 - zp. Each element's map must be
+    monotone (a product with a constant of one sign, a sum), so interval bounds are its ends;
+    the linear relaxation is one line per element with the table's largest deviations from
+    it as intercepts, sound over the whole int8 range."""
+
+    def __init__(self, values, zp_in, shape):
+        v = torch.as_tensor(values, dtype=torch.float64).reshape(256, -1)
+        d = v.diff(dim=0)
+        if not ((d >= 0).all(0) | (d <= 0).all(0)).all():
+            raise VeriSparseError("an element-wise op at the input is not monotone in its input; "
+                                  "the int8 verifier supports normalisation by constants only")
+        self.values, self.offset, self.shape = v, 128 + int(zp_in), tuple(shape)
+        u = torch.arange(256, dtype=torch.float64).unsqueeze(1) - self.offset
+        self.slope = (v[-1] - v[0]) / 255.0
+        dev = v - self.slope * u
+        self.c_lo, self.c_hi = dev.min(0).values, dev.max(0).values
+
+    def _at(self, u):
+        idx = (u.flatten(1).round() + self.offset).clamp(0, 255).long()
+        return self.values.to(u.device).gather(0, idx).reshape(u.shape)
+
+    def forward(self, u):
+        return self._at(u)
+
+    def smooth(self, u):
+        """The table's middle line: a differentiable stand-in for the attacks' surrogates."""
+        k, c = (t.view(self.shape).to(u) for t in (self.slope, (self.c_lo + self.c_hi) / 2))
+        return k * u + c
+
+    def ibp(self, l, u):
+        a, b = self._at(torch.ceil(l - _TOL)), self._at(torch.floor(u + _TOL))
+        return torch.minimum(a, b), torch.maximum(a, b)
+
+    def unstable(self, l, u):
+        return torch.zeros_like(l, dtype=torch.bool)
+
+    def lines(self, l, u):
+        f_lo, f_hi = self.ibp(l, u)
+        k = self.slope.view(self.shape).to(l).expand_as(l)
+        lo_c, hi_c = (c.view(self.shape).to(l).expand_as(l) for c in (self.c_lo, self.c_hi))
+        flat = f_lo == f_hi
+        zero = torch.zeros_like(l)
+        return (torch.where(flat, zero, k), torch.where(flat, f_lo, lo_c),
+                torch.where(flat, zero, k), torch.where(flat, f_hi, hi_c))
+
+
 class Pad2d:
     """Zero padding of u = q - zp (TFLite pads with the zero point), for asymmetric SAME pads."""
 
@@ -284,9 +335,10 @@ class Int8Model:
         return self.net.forward(u)
 
 
-def from_graph(g, kernels="reference") -> Int8Model:
+def from_graph(g, kernels="reference", data=None) -> Int8Model:
     """Build the Int8Model from a verisparse.tflite_graph.Graph; refuses what it cannot verify.
-    kernels: whose requantization the bounds cover (KERNELS; Requant)."""
+    kernels: whose requantization the bounds cover (KERNELS; Requant). data: the .tflite
+    bytes, needed where the graph starts with MUL/ADD/SUB by constants (Table)."""
     if len(g.inputs) != 1 or len(g.outputs) != 1:
         raise VeriSparseError("the int8 model must have one input and one output")
     t_in, t_out = g.tensors[g.inputs[0]], g.tensors[g.outputs[0]]
@@ -296,7 +348,21 @@ def from_graph(g, kernels="reference") -> Int8Model:
                                   f"it is {np.dtype(t.dtype).name}")
     shape = _nchw(t_in.shape, "input")
     cur, result = g.inputs[0], []
+    lead = _leading_elementwise(g)
+    if lead:
+        if kernels != "reference":
+            raise VeriSparseError(f"the model starts with {'/'.join(g.operators[k].opcode for k in range(lead))}, "
+                                  "whose XNNPACK arithmetic is not modelled; verify with --kernels reference")
+        if data is None:
+            raise VeriSparseError("element-wise ops at the input need the model's bytes to tabulate them")
+        cur = g.operators[lead - 1].outputs[0]
+        out_t = g.tensors[cur]
+        if tuple(out_t.shape) != tuple(t_in.shape):
+            raise VeriSparseError("an element-wise op at the input changes the shape (broadcasting the input)")
+        result.append(Table(_tabulate(data, g, cur, t_in, out_t, shape), int(t_in.zero_point[0]), shape))
     for k, op in enumerate(g.operators):
+        if k < lead:
+            continue
         where = f"operator {k} ({op.opcode})"
         if not op.inputs or op.inputs[0] != cur or len(op.outputs) != 1:
             raise VeriSparseError(f"{where}: the graph is not a chain of supported ops")
@@ -331,6 +397,33 @@ def from_graph(g, kernels="reference") -> Int8Model:
                       _nchw(t_in.shape, "input"), float(t_out.scale[0]), int(t_out.zero_point[0]), shape[0])
     model.kernels = kernels
     return model
+
+
+def _leading_elementwise(g):
+    """How many operators at the start are MUL/ADD/SUB of the activation by a constant."""
+    cur, k = g.inputs[0], 0
+    while k < len(g.operators):
+        op = g.operators[k]
+        if op.opcode not in ELEMENTWISE or len(op.inputs) != 2 or op.inputs[0] != cur or \
+                g.tensors[op.inputs[1]].data is None or op.options.get("fused_activation", "NONE") != "NONE":
+            break
+        cur, k = op.outputs[0], k + 1
+    return k
+
+
+def _tabulate(data, g, index, t_in, t_out, shape):
+    """u_out of tensor index for every input whose elements all hold one int8 value, run by
+    LiteRT's reference kernels (which keep every tensor): (256, *shape), NCHW."""
+    from verisparse.int8_runtime import litert
+    it = litert(data, reference=True, keep_tensors=True)
+    inp = it.get_input_details()[0]["index"]
+    rows = []
+    for v in range(-128, 128):
+        it.set_tensor(inp, np.full(tuple(t_in.shape), v, np.int8))
+        it.invoke()
+        rows.append(it.get_tensor(index).astype(np.float64) - float(t_out.zero_point[0]))
+    t = np.stack(rows)[:, 0]
+    return t.transpose(0, 3, 1, 2) if t.ndim == 4 else t.reshape(256, *shape)
 
 
 def _nchw(shape, what):

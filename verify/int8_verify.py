@@ -49,7 +49,7 @@ def load_tflite_artifact(path, digest, kernels="reference"):
     if kernels not in KERNELS:
         raise VeriSparseError(f"unknown kernels {kernels!r}; choose one of {', '.join(KERNELS)}")
     data = path.read_bytes()
-    model = from_graph(read_tflite(data), kernels)
+    model = from_graph(read_tflite(data), kernels, data)
     reference = kernels != "xnnpack"
     run_litert(data, np.zeros((1, *_nhwc(model.in_shape)), np.int8), reference)  # LiteRT must load it too
 
@@ -95,7 +95,7 @@ def surrogate(model):
             if isinstance(op, Requant):
                 u = torch.clamp(u * op.m.to(u), op.lo, op.hi)
             else:
-                u = op.forward(u)
+                u = op.smooth(u) if hasattr(op, "smooth") else op.forward(u)
         return u
     return forward
 
