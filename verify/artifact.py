@@ -43,21 +43,25 @@ class Artifact:
     devices: tuple = ("cpu",)              # where its bounds can run
 
 
-def load_artifact(path, limits=DEFAULTS, trust_paths=False, user_dataset=None) -> Artifact:
+def load_artifact(path, limits=DEFAULTS, trust_paths=False, user_dataset=None, kernels="reference") -> Artifact:
     """The artifact at path, its size checked against limits before anything is allocated for it.
-    trust_paths / user_dataset: whether a checkpoint's config may name a file dataset."""
+    trust_paths / user_dataset: whether a checkpoint's config may name a file dataset.
+    kernels: an int8 model's kernels to certify (verify.int8_bounds.KERNELS)."""
     p = Path(path)
     if not p.is_file():
         raise VeriSparseError(f"artifact {p} not found; pass model.onnx, model_int8.tflite or checkpoint.pt")
     kind = KINDS.get(p.suffix.lower())
     if kind is None:
         raise VeriSparseError(f"cannot tell what {p.name} is from its suffix; expected .onnx, .tflite or .pt")
+    if kernels != "reference" and kind != "tflite":
+        raise VeriSparseError(f"--kernels {kernels} is for int8 .tflite models; {p.name} is verified as float "
+                              "(drop --kernels)")
     digest = sha256_file(p)
     if kind == "onnx":
         return _onnx(p, digest, limits)
     if kind == "checkpoint":
         return _checkpoint(p, digest, limits, trust_paths, user_dataset)
-    return _tflite(p, digest, limits)
+    return _tflite(p, digest, limits, kernels)
 
 
 # under a time budget, samples go in chunks this large: the chunk in flight when the budget
@@ -116,7 +120,7 @@ def _float_artifact(p, kind, digest, net, in_shape, num_classes, meta, runtime, 
                     devices=("cpu", "cuda"))
 
 
-def _tflite(p, digest, limits):
+def _tflite(p, digest, limits, kernels):
     from verisparse.tflite_graph import read_tflite
 
     from .int8_verify import load_tflite_artifact, verify_int8
@@ -125,12 +129,12 @@ def _tflite(p, digest, limits):
     sizes = [math.prod(t.shape) for t in g.tensors if t.data is None]
     out = g.tensors[g.outputs[0]].shape if len(g.outputs) == 1 else ()
     check_model(sum(sizes), math.prod(out), p.name, limits)
-    art = load_tflite_artifact(p, digest)
+    art = load_tflite_artifact(p, digest, kernels)
     model = art.extra["model"]
 
     # the integer bounds run on the CPU: Requant's rounding is numpy int64 arithmetic
     def verify_batches(x, y, eps, method, time_limit, indices, size, device):
-        return verify_int8(model, art.run, x, y, eps, method, indices, batch_size=size)
+        return verify_int8(model, art.run, x, y, eps, method, indices, batch_size=size, time_limit=time_limit)
     art.verify = _budgeted(verify_batches, sum(sizes), max(sizes, default=1), art.num_classes)
     art.elements = sum(sizes)
     art.chunk = chunk_size(sum(sizes), max(sizes, default=1), art.num_classes)

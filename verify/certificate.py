@@ -38,7 +38,7 @@ def summarize(results, min_vra):
     by_stage = Counter(r.decided_by for r in results if r.status == "verified")
     # the cascade's ladder: what each stage had verified by the time it finished
     ladder, acc = {}, 0
-    for stage in ("ibp", "crown", "alpha-crown", "int8-ibp", "int8-crown", "bab", "milp"):
+    for stage in ("ibp", "crown", "alpha-crown", "int8-ibp", "int8-crown", "bab", "int8-bab", "milp"):
         if stage in by_stage:
             acc += by_stage[stage]
             ladder[stage] = acc / n
@@ -51,7 +51,9 @@ def summarize(results, min_vra):
 
 
 def build(artifact, dataset_info, eps, method, time_limit, results, min_vra, wall_seconds):
-    return dict(
+    """kernels (int8 artifacts): whose arithmetic the verdicts cover (verify.int8_bounds.KERNELS)."""
+    covered = {"kernels": artifact.extra["kernels"]} if artifact.kind == "tflite" else {}
+    return dict(**covered,
         format=FORMAT,
         tool=dict(name="verisparse", version=tool_version(), python=platform.python_version()),
         created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -108,9 +110,10 @@ def read(path):
 # --- validating a certificate a user brings: every field it relies on, before any work --
 
 METHODS = ("ibp", "crown", "alpha-crown", "bab", "milp", "auto")
+KERNELS = ("reference", "xnnpack", "all")  # verify.int8_bounds.KERNELS (not imported: it pulls in torch)
 STATUSES = ("verified", "falsified", "unknown")
-STAGES = ("clean", "ibp", "crown", "alpha-crown", "bab", "milp", "int8-ibp", "int8-crown", "pgd", "int8-search",
-          "time-budget")
+STAGES = ("clean", "ibp", "crown", "alpha-crown", "bab", "milp", "int8-ibp", "int8-crown", "int8-bab", "pgd",
+          "int8-search", "time-budget")
 MAX_TIME_LIMIT_S = 3600.0  # per sample; a larger claim is a forged or broken certificate
 MAX_SHARDS = 100_000
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -153,7 +156,7 @@ def validate(cert, where, allow_empty=False):
     text(art.get("path"), "artifact.path")
     if "\0" in art["path"]:
         bad("artifact.path", "holds a NUL character")
-    text(art.get("kind"), "artifact.kind", ("onnx", "tflite", "checkpoint"))
+    kind = text(art.get("kind"), "artifact.kind", ("onnx", "tflite", "checkpoint"))
     digest(art.get("sha256"), "artifact.sha256")
     d = mapping(cert["dataset"], "dataset")
     text(d.get("name"), "dataset.name")
@@ -172,6 +175,10 @@ def validate(cert, where, allow_empty=False):
     resolved = text(cert.get("method_resolved", method), "method_resolved", METHODS)
     if method != "auto" and resolved != method:
         bad("method_resolved", f"is {resolved} but method is {method}")
+    if "kernels" in cert:
+        text(cert["kernels"], "kernels", KERNELS)
+        if kind != "tflite":
+            bad("kernels", f"names int8 kernels but the artifact is {kind}")
     limit = number(cert.get("time_limit_s"), "time_limit_s")
     if not 0 < limit <= MAX_TIME_LIMIT_S:
         bad("time_limit_s", f"must be in (0, {MAX_TIME_LIMIT_S:g}] seconds; got {limit}")
@@ -313,7 +320,8 @@ def table(cert):
     n = s["n"]
     pct = lambda k: f"{k / n:8.2%}" if n else "       -"
     lines = [f"artifact  {cert['artifact']['path']} ({cert['artifact']['kind']}, sha256 {cert['artifact']['sha256'][:12]})",
-             f"dataset   {d['name']} {d['split']}, {n} samples; eps {cert['eps']}; method {cert['method']}",
+             f"dataset   {d['name']} {d['split']}, {n} samples; eps {cert['eps']}; method {cert['method']}"
+             + (f"; kernels {cert['kernels']}" if "kernels" in cert else ""),
              f"  {'':<26}{'count':>7}  {'accuracy':>8}",
              f"  {'clean correct':<26}{s['clean_correct']:>7}  {pct(s['clean_correct'])}"]
     for stage, acc in s["ladder"].items():

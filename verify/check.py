@@ -20,12 +20,13 @@ from .deadline import deadline
 from .limits import CHECK_TIME_LIMIT_S, DEFAULTS
 
 # the cascade's stages in order: a verified sample must re-verify at its stage or earlier
-_ORDER = {"ibp": 0, "crown": 1, "alpha-crown": 2, "bab": 3, "milp": 4, "int8-ibp": 0, "int8-crown": 1}
+_ORDER = {"ibp": 0, "crown": 1, "alpha-crown": 2, "bab": 3, "milp": 4, "int8-ibp": 0, "int8-crown": 1,
+          "int8-bab": 3}
 _BOUND_STAGES = ("ibp", "crown", "alpha-crown", "bab")  # by _ORDER; a rank past them re-runs the method
 _CHUNK = 50  # samples re-verified at a time
 _FLOAT_STAGES = ("ibp", "crown", "alpha-crown", "bab", "milp")
 _FAMILY = {"onnx": _FLOAT_STAGES, "checkpoint": _FLOAT_STAGES,
-           "tflite": ("int8-ibp", "int8-crown")}
+           "tflite": ("int8-ibp", "int8-crown", "int8-bab")}
 
 
 def artifact_path(cert_path, cert, override=None):
@@ -66,7 +67,9 @@ def _recheck(cert_path, cert, path, dataset, data_root, trust_paths, limits):
     from .artifact import load_artifact
     from .bounds import input_box
     from .samples import dataset_name, load_split
-    art = load_artifact(path, limits, trust_paths=trust_paths, user_dataset=dataset)
+    # an int8 certificate is re-verified under the kernels it claims to cover (older ones: reference)
+    kernels = cert.get("kernels", "reference") if cert["artifact"]["kind"] == "tflite" else "reference"
+    art = load_artifact(path, limits, trust_paths=trust_paths, user_dataset=dataset, kernels=kernels)
     if art.kind != cert["artifact"]["kind"]:
         return [f"the certificate is for a {cert['artifact']['kind']} artifact, {path.name} is {art.kind}"]
     method = cert.get("method_resolved", cert["method"])

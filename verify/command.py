@@ -80,6 +80,10 @@ Sharded (shards numbered 0..N-1; merge applies --min-vra to the whole run):
               help="Re-validate this certificate against its artifact instead of verifying.")
 @click.option("--eps-sweep", "eps_sweep", default=None, metavar="START:STOP:STEP",
               help="Also verify at each of these radii; the curve goes into the certificate (key eps_sweep).")
+@click.option("--kernels", type=click.Choice(["reference", "xnnpack", "all"]), default="reference", show_default=True,
+              help="int8 .tflite: whose arithmetic the certificate covers: the reference kernels (TFLM, the "
+                   "firmware, LiteRT's BUILTIN_REF), XNNPACK (LiteRT's default CPU kernels, float requantization), "
+                   "or all of them.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="Where the IBP/CROWN bounds run (float artifacts; TF32 off). auto: cuda when torch sees one.")
 @click.option("--shard", "shard", default=None, metavar="I/N | auto",
@@ -104,7 +108,7 @@ Sharded (shards numbered 0..N-1; merge applies --min-vra to the whole run):
                    "reported unknown.")
 def verify(paths, eps, dataset, data_root, split, n, method, time_limit, min_vra, report, junit, export_vnnlib,
            check, check_time_limit, allow_empty, trust_artifact_paths, max_elements, max_classes, max_work,
-           time_budget, eps_sweep=None, device="auto", shard=None, merge=False):
+           time_budget, eps_sweep=None, device="auto", shard=None, merge=False, kernels="reference"):
     """Certify ARTIFACT (model.onnx, model_int8.tflite or checkpoint.pt) against L-inf attacks.
 
     Every sample ends verified (proved for the whole eps-ball), falsified (a counterexample
@@ -132,20 +136,21 @@ def verify(paths, eps, dataset, data_root, split, n, method, time_limit, min_vra
         sharding.init_group(time_budget + 1800)  # loading, plus the slowest rank's whole budget
     try:
         _verify(artifact, eps, dataset, data_root, split, n, method, time_limit, min_vra, report, junit,
-                export_vnnlib, trust_artifact_paths, limits, time_budget, eps_sweep, device, part, distributed)
+                export_vnnlib, trust_artifact_paths, limits, time_budget, eps_sweep, device, part, distributed,
+                kernels)
     finally:
         if distributed:
             sharding.close_group()
 
 
 def _verify(artifact, eps, dataset, data_root, split, n, method, time_limit, min_vra, report, junit, export_vnnlib,
-            trust_artifact_paths, limits, time_budget, eps_sweep, device, part, distributed):
+            trust_artifact_paths, limits, time_budget, eps_sweep, device, part, distributed, kernels="reference"):
     """Verify (the whole selection, or the shard part = (I, N)); exits with the verdict."""
     from verisparse.verify import certificate
     from verisparse.verify import shard as sharding
     from verisparse.verify.artifact import load_artifact
     from verisparse.verify.samples import dataset_name, load_split
-    art = load_artifact(artifact, limits, trust_paths=trust_artifact_paths, user_dataset=dataset)
+    art = load_artifact(artifact, limits, trust_paths=trust_artifact_paths, user_dataset=dataset, kernels=kernels)
     dev = _resolve_device(art, device)
     if distributed and dev == "cuda":  # one GPU per rank on a multi-GPU node
         import torch

@@ -22,7 +22,10 @@ def _surrogate_u(model):
     """The integer network with rounding removed (requant = clamp(acc * m)), on u = q - zp."""
     def forward(u):
         for op in model.net.ops:
-            u = torch.clamp(u * op.m.to(u), op.lo, op.hi) if isinstance(op, Requant) else op.forward(u)
+            if isinstance(op, Requant):
+                u = torch.clamp(u * op.m.to(u), op.lo, op.hi)
+            else:
+                u = op.smooth(u) if hasattr(op, "smooth") else op.forward(u)
         return u
     return forward
 

@@ -25,7 +25,9 @@ from .bounds import BoundedNet, concretize
 
 _TOL = 1e-4  # slack on float64 accumulator bounds before rounding them to integers
 QUANT_NUDGE = 2.0 ** -20  # relative: a float32 x / scale (or x * (1 / scale)) is within a few ulps
-SUPPORTED = "CONV_2D (per-channel or per-tensor), FULLY_CONNECTED, PAD (height and width), RESHAPE"
+SUPPORTED = ("CONV_2D (per-channel or per-tensor), FULLY_CONNECTED, PAD (height and width), RESHAPE, and MUL/ADD/SUB "
+             "by constants at the input (normalisation)")
+ELEMENTWISE = ("MUL", "ADD", "SUB")
 
 
 def single_rounding(acc, q, shift):
@@ -34,17 +36,31 @@ def single_rounding(acc, q, shift):
     return (acc * q + (np.int64(1) << (s - 1))) >> s
 
 
+KERNELS = ("reference", "xnnpack", "all")
+# XNNPACK's requantizations (fp32: float32 scale, float32 product, round to nearest even;
+# rndnu / gemmlowp: a 24-bit significand of that float32 scale, a truncating high multiply,
+# a rounding shift) all land within 0.5 + 2^-right + |x| * FLOAT_REL of x = acc * M: the
+# float32 scale and product are each off by 2^-24 relative (and acc -> float32 above 2^24);
+# 2^-20 leaves room for the order XNNPACK multiplies the three scales in.
+FLOAT_REL = 2.0 ** -20
+
+
 class Requant:
     """u_out = clamp(MBQM(acc) + zp, qmin, qmax) - zp for an integer accumulator acc.
 
     q, shift, qmin, qmax are per output channel; with both_roundings the result is the hull of
     TFLite's double rounding and LiteRT's single rounding (FULLY_CONNECTED differs between
-    LiteRT and TFLM), so bounds hold for either runtime."""
+    LiteRT and TFLM), so bounds hold for either runtime. kernels 'xnnpack' or 'all' widen it
+    to every integer within XNNPACK's rounding error of acc * M (which contains the
+    reference result too): the bounds then hold for LiteRT's default CPU kernels as well."""
 
-    def __init__(self, q, shift, zp, qmin, qmax, shape, both_roundings=False):
+    def __init__(self, q, shift, zp, qmin, qmax, shape, both_roundings=False, kernels="reference"):
         self.q, self.shift = np.asarray(q, np.int64), np.asarray(shift, np.int64)
         self.zp, self.qmin, self.qmax = int(zp), int(qmin), int(qmax)
         self.shape, self.both = tuple(shape), both_roundings
+        if kernels not in KERNELS:
+            raise ValueError(f"unknown kernels {kernels!r}")
+        self.float_requant = kernels != "reference"
         view = (-1,) + (1,) * (len(self.shape) - 1)
         self._view = view
         m = self.q * np.exp2(self.shift.astype(np.float64) - 31)
@@ -53,11 +69,23 @@ class Requant:
         err = 0.5 + 0.5 * np.exp2(-right.astype(np.float64)) + 1e-9
         self.m = torch.from_numpy(m).view(view)
         self.err = torch.from_numpy(err).view(view)
+        # XNNPACK's error, less its |x| * FLOAT_REL part (see err_over)
+        self.float_err = torch.from_numpy(0.5 + np.exp2(-right.astype(np.float64)) + 1e-9).view(view)
         self.lo, self.hi = float(self.qmin - self.zp), float(self.qmax - self.zp)
         self.max_acc = float(2 ** 31 - 1) / np.exp2(np.maximum(self.shift, 0)).max()
 
-    def _exact(self, acc, pick):
-        """The integer function on an integer-valued tensor; pick combines the two roundings."""
+    def err_over(self, l, u):
+        """Per neuron, the most any covered kernel's result is off acc * m for acc in [l, u]."""
+        e = self.err.to(l)
+        if not self.float_requant:
+            return e.expand_as(l)
+        m = self.m.to(l)
+        x = torch.maximum((m * l).abs(), (m * u).abs())
+        return torch.maximum(e, self.float_err.to(l) + x * FLOAT_REL)
+
+    def _exact(self, acc, pick, widen=True):
+        """The integer function on an integer-valued tensor; pick combines the roundings
+        (widen=False: the reference kernels' only)."""
         if float(acc.abs().max()) >= self.max_acc:
             raise VeriSparseError("an accumulator bound exceeds int32 after TFLite's left shift; "
                                   "the fixed-point arithmetic would wrap and is not verified")
@@ -67,11 +95,18 @@ class Requant:
         r = multiply_by_quantized_multiplier(a, q, s)
         if self.both:
             r = pick(r, single_rounding(a, q, s))
+        if widen and self.float_requant:  # the furthest integer XNNPACK's rounding can reach, monotone in acc
+            x = a.astype(np.float64) * (q.astype(np.float64) * np.exp2(s.astype(np.float64) - 31))
+            right = np.maximum(-s, 0).astype(np.float64)
+            e = 0.5 + np.exp2(-right) + np.abs(x) * FLOAT_REL + 1e-9
+            far = np.ceil(x - e) if pick is np.minimum else np.floor(x + e)
+            r = pick(r, far.astype(np.int64))
         out = np.clip(r + self.zp, self.qmin, self.qmax) - self.zp
         return torch.from_numpy(out.astype(np.float64)).to(acc.device)
 
     def forward(self, acc):
-        return self._exact(acc.round(), np.minimum)
+        """The reference kernels' result (TFLM's rounding where the two runtimes differ)."""
+        return self._exact(acc.round(), np.minimum, widen=False)
 
     def ibp(self, l, u):
         # acc is an integer, and the map is monotone: evaluate it at the integer ends
@@ -90,7 +125,7 @@ class Requant:
         ReLU-style relaxation on its one bent corner, or the exact constant ends otherwise."""
         l, u = l - _TOL - 1e-12 * l.abs(), u + _TOL + 1e-12 * u.abs()
         f_lo, f_hi = self.ibp(l, u)
-        m, e, lo, hi = self.m.to(l), self.err.to(l), self.lo, self.hi
+        m, e, lo, hi = self.m.to(l), self.err_over(l, u), self.lo, self.hi
         vl, vu = m * l - e, m * u - e  # the lower line's range
         wl, wu = m * l + e, m * u + e  # the upper line's range
         zero = torch.zeros_like(l)
@@ -110,7 +145,86 @@ class Requant:
         up_s, up_c = torch.where(bottom, k * m, up_s), torch.where(bottom, lo - k * wl + k * e, up_c)
         cap = (wl >= lo) & (wl < hi) & (wu > hi) & (hi - wl >= wu - hi)  # y <= w beats y <= hi
         up_s, up_c = torch.where(cap, m.expand_as(l), up_s), torch.where(cap, e.expand_as(l), up_c)
+        # a neuron whose output the bounds fix (a split of branch and bound) is that constant
+        flat = f_lo == f_hi
+        lo_s, up_s = torch.where(flat, zero, lo_s), torch.where(flat, zero, up_s)
+        return lo_s, torch.where(flat, f_lo, lo_c), up_s, torch.where(flat, f_hi, up_c)
+
+    def free_corners(self, l, u):
+        """Where lines() picks between two sound lines, any mix of them is sound (alpha-CROWN):
+        below the bottom corner f >= max(m acc - err, f_lo) >= a (m acc - err) + (1 - a) f_lo, and
+        above the top one f <= min(m acc + err, f_hi) <= a (m acc + err) + (1 - a) f_hi, for
+        a in [0, 1]. Returns (lower mask, upper mask, lines() with both masks' a at its pick,
+        and the pieces (m, err, f_lo, f_hi)) for alpha_lines."""
+        lines = self.lines(l, u)
+        l, u = l - _TOL - 1e-12 * l.abs(), u + _TOL + 1e-12 * u.abs()
+        f_lo, f_hi = self.ibp(l, u)
+        m, e, lo, hi = self.m.to(l), self.err_over(l, u), self.lo, self.hi
+        vl, vu, wl, wu = m * l - e, m * u - e, m * l + e, m * u + e
+        flat = f_lo == f_hi
+        low = (vl < lo) & (vu > lo) & (vu <= hi) & ~flat
+        up = (wl >= lo) & (wl < hi) & (wu > hi) & ~flat
+        return low, up, lines, (m.expand_as(l), e, f_lo, f_hi)
+
+    @staticmethod
+    def alpha_lines(corners, a_lo, a_up):
+        """lines() with the free corners' lines mixed by a_lo, a_up (clamped to [0, 1])."""
+        low, up, (lo_s, lo_c, up_s, up_c), (m, e, f_lo, f_hi) = corners
+        a_lo, a_up = a_lo.clamp(0, 1), a_up.clamp(0, 1)
+        lo_s = torch.where(low, a_lo * m, lo_s)
+        lo_c = torch.where(low, (1 - a_lo) * f_lo - a_lo * e, lo_c)
+        up_s = torch.where(up, a_up * m, up_s)
+        up_c = torch.where(up, (1 - a_up) * f_hi + a_up * e, up_c)
         return lo_s, lo_c, up_s, up_c
+
+
+class Table:
+    """An element-wise int8 -> int8 map (the input normalisation's MUL/ADD/SUB by constants),
+    tabulated from LiteRT's reference kernels on every int8 value: values (256, *shape) are
+    the outputs (u_out) for inputs u = -128 - zp .. 127 - zp. Each element's map must be
+    monotone (a product with a constant of one sign, a sum), so interval bounds are its ends;
+    the linear relaxation is one line per element with the table's largest deviations from
+    it as intercepts, sound over the whole int8 range."""
+
+    def __init__(self, values, zp_in, shape):
+        v = torch.as_tensor(values, dtype=torch.float64).reshape(256, -1)
+        d = v.diff(dim=0)
+        if not ((d >= 0).all(0) | (d <= 0).all(0)).all():
+            raise VeriSparseError("an element-wise op at the input is not monotone in its input; "
+                                  "the int8 verifier supports normalisation by constants only")
+        self.values, self.offset, self.shape = v, 128 + int(zp_in), tuple(shape)
+        u = torch.arange(256, dtype=torch.float64).unsqueeze(1) - self.offset
+        self.slope = (v[-1] - v[0]) / 255.0
+        dev = v - self.slope * u
+        self.c_lo, self.c_hi = dev.min(0).values, dev.max(0).values
+
+    def _at(self, u):
+        idx = (u.flatten(1).round() + self.offset).clamp(0, 255).long()
+        return self.values.to(u.device).gather(0, idx).reshape(u.shape)
+
+    def forward(self, u):
+        return self._at(u)
+
+    def smooth(self, u):
+        """The table's middle line: a differentiable stand-in for the attacks' surrogates."""
+        k, c = (t.view(self.shape).to(u) for t in (self.slope, (self.c_lo + self.c_hi) / 2))
+        return k * u + c
+
+    def ibp(self, l, u):
+        a, b = self._at(torch.ceil(l - _TOL)), self._at(torch.floor(u + _TOL))
+        return torch.minimum(a, b), torch.maximum(a, b)
+
+    def unstable(self, l, u):
+        return torch.zeros_like(l, dtype=torch.bool)
+
+    def lines(self, l, u):
+        f_lo, f_hi = self.ibp(l, u)
+        k = self.slope.view(self.shape).to(l).expand_as(l)
+        lo_c, hi_c = (c.view(self.shape).to(l).expand_as(l) for c in (self.c_lo, self.c_hi))
+        flat = f_lo == f_hi
+        zero = torch.zeros_like(l)
+        return (torch.where(flat, zero, k), torch.where(flat, f_lo, lo_c),
+                torch.where(flat, zero, k), torch.where(flat, f_hi, hi_c))
 
 
 class Pad2d:
@@ -180,12 +294,13 @@ def margin_ibp(net: BoundedNet, l, u, C):
     rq, affine = net.ops[end - 1], net.ops[end - 2]
     for op in net.ops[:end - 2]:
         l, u = op.ibp(l, u)
-    f_l, f_u = (t.flatten(1) for t in rq.ibp(*affine.ibp(l, u)))
+    acc_l, acc_u = affine.ibp(l, u)
+    f_l, f_u = (t.flatten(1) for t in rq.ibp(acc_l, acc_u))
     mid, rad = (f_u + f_l) / 2, (f_u - f_l) / 2
     plain = torch.einsum("bsk,bk->bs", C, mid) - torch.einsum("bsk,bk->bs", C.abs(), rad)
-    m, err = rq.m.flatten().to(C), rq.err.flatten().to(C)
+    m, err = rq.m.flatten().to(C), rq.err_over(acc_l, acc_u).flatten(1)
     A, const = affine.backward((C * m).view(*C.shape[:2], *rq.shape))
-    merged = concretize(A, const, l, u, True) - C.abs() @ err
+    merged = concretize(A, const, l, u, True) - torch.einsum("bsk,bk->bs", C.abs(), err)
     pos, neg = (C > 0).to(C), (C < 0).to(C)
     clamped = pos @ (f_u >= rq.hi).to(C).unsqueeze(-1) + neg @ (f_l <= rq.lo).to(C).unsqueeze(-1)
     return torch.where(clamped.squeeze(-1) > 0, plain, torch.maximum(plain, merged))
@@ -220,8 +335,10 @@ class Int8Model:
         return self.net.forward(u)
 
 
-def from_graph(g) -> Int8Model:
-    """Build the Int8Model from a verisparse.tflite_graph.Graph; refuses what it cannot verify."""
+def from_graph(g, kernels="reference", data=None) -> Int8Model:
+    """Build the Int8Model from a verisparse.tflite_graph.Graph; refuses what it cannot verify.
+    kernels: whose requantization the bounds cover (KERNELS; Requant). data: the .tflite
+    bytes, needed where the graph starts with MUL/ADD/SUB by constants (Table)."""
     if len(g.inputs) != 1 or len(g.outputs) != 1:
         raise VeriSparseError("the int8 model must have one input and one output")
     t_in, t_out = g.tensors[g.inputs[0]], g.tensors[g.outputs[0]]
@@ -231,7 +348,21 @@ def from_graph(g) -> Int8Model:
                                   f"it is {np.dtype(t.dtype).name}")
     shape = _nchw(t_in.shape, "input")
     cur, result = g.inputs[0], []
+    lead = _leading_elementwise(g)
+    if lead:
+        if kernels != "reference":
+            raise VeriSparseError(f"the model starts with {'/'.join(g.operators[k].opcode for k in range(lead))}, "
+                                  "whose XNNPACK arithmetic is not modelled; verify with --kernels reference")
+        if data is None:
+            raise VeriSparseError("element-wise ops at the input need the model's bytes to tabulate them")
+        cur = g.operators[lead - 1].outputs[0]
+        out_t = g.tensors[cur]
+        if tuple(out_t.shape) != tuple(t_in.shape):
+            raise VeriSparseError("an element-wise op at the input changes the shape (broadcasting the input)")
+        result.append(Table(_tabulate(data, g, cur, t_in, out_t, shape), int(t_in.zero_point[0]), shape))
     for k, op in enumerate(g.operators):
+        if k < lead:
+            continue
         where = f"operator {k} ({op.opcode})"
         if not op.inputs or op.inputs[0] != cur or len(op.outputs) != 1:
             raise VeriSparseError(f"{where}: the graph is not a chain of supported ops")
@@ -255,15 +386,44 @@ def from_graph(g) -> Int8Model:
             if _nchw(out.shape, "pad output") != shape:
                 raise VeriSparseError(f"{where}: padding does not give the output shape {tuple(out.shape)}")
         elif op.opcode in ("CONV_2D", "FULLY_CONNECTED"):
-            layer_ops, shape = _affine(g, op, g.tensors[cur], out, shape, where)
+            layer_ops, shape = _affine(g, op, g.tensors[cur], out, shape, where, kernels)
             result += layer_ops
         else:
             raise VeriSparseError(f"{where}: unsupported op; the int8 verifier supports {SUPPORTED}")
         cur = op.outputs[0]
     if cur != g.outputs[0] or len(shape) != 1:
         raise VeriSparseError(f"the graph must end in a (1, classes) int8 tensor; it ends in {shape}")
-    return Int8Model(BoundedNet(result), float(t_in.scale[0]), int(t_in.zero_point[0]), _nchw(t_in.shape, "input"),
-                     float(t_out.scale[0]), int(t_out.zero_point[0]), shape[0])
+    model = Int8Model(BoundedNet(result), float(t_in.scale[0]), int(t_in.zero_point[0]),
+                      _nchw(t_in.shape, "input"), float(t_out.scale[0]), int(t_out.zero_point[0]), shape[0])
+    model.kernels = kernels
+    return model
+
+
+def _leading_elementwise(g):
+    """How many operators at the start are MUL/ADD/SUB of the activation by a constant."""
+    cur, k = g.inputs[0], 0
+    while k < len(g.operators):
+        op = g.operators[k]
+        if op.opcode not in ELEMENTWISE or len(op.inputs) != 2 or op.inputs[0] != cur or \
+                g.tensors[op.inputs[1]].data is None or op.options.get("fused_activation", "NONE") != "NONE":
+            break
+        cur, k = op.outputs[0], k + 1
+    return k
+
+
+def _tabulate(data, g, index, t_in, t_out, shape):
+    """u_out of tensor index for every input whose elements all hold one int8 value, run by
+    LiteRT's reference kernels (which keep every tensor): (256, *shape), NCHW."""
+    from verisparse.int8_runtime import litert
+    it = litert(data, reference=True, keep_tensors=True)
+    inp = it.get_input_details()[0]["index"]
+    rows = []
+    for v in range(-128, 128):
+        it.set_tensor(inp, np.full(tuple(t_in.shape), v, np.int8))
+        it.invoke()
+        rows.append(it.get_tensor(index).astype(np.float64) - float(t_out.zero_point[0]))
+    t = np.stack(rows)[:, 0]
+    return t.transpose(0, 3, 1, 2) if t.ndim == 4 else t.reshape(256, *shape)
 
 
 def _nchw(shape, what):
@@ -289,7 +449,7 @@ def _same_quant(a, b, where):
         raise VeriSparseError(f"{where}: changing the quantization is not supported")
 
 
-def _affine(g, op, t_in, t_out, shape, where):
+def _affine(g, op, t_in, t_out, shape, where, kernels):
     """CONV_2D / FULLY_CONNECTED with int8 per-channel weights and int32 bias -> (ops, out shape)."""
     if len(op.inputs) < 2 or op.inputs[1] < 0:
         raise VeriSparseError(f"{where}: the weights input is missing")
@@ -351,7 +511,7 @@ def _affine(g, op, t_in, t_out, shape, where):
     act = op.options.get("fused_activation", "NONE")
     qmin, qmax = activation_range(act, t_out.scale[0], t_out.zero_point[0], where)
     result.append(Requant(q, s, int(t_out.zero_point[0]), qmin, qmax, out_shape,
-                          both_roundings=op.opcode == "FULLY_CONNECTED"))
+                          both_roundings=op.opcode == "FULLY_CONNECTED", kernels=kernels))
     if len(t_out.scale) != 1:
         raise VeriSparseError(f"{where}: output activations must have one scale")
     return result, out_shape

@@ -7,7 +7,10 @@ Cascade per batch (each stage on what the one before left open):
   int8-crown    CROWN over the integer network's relaxation (methods crown and auto);
   attack        PGD on a rounding-free surrogate of the integer network, then a search of the
                 integer box itself (verify.int8_attack), scored by the integer network; the
-                best input runs through LiteRT: only LiteRT's verdict makes a sample falsified.
+                best input runs through LiteRT: only LiteRT's verdict makes a sample falsified;
+  int8-bab      branch and bound over accumulator splits (verify.int8_bab), per open margin
+                row, time-limited per sample, its leaves' worst points tried on LiteRT
+                (methods bab and auto).
 The bounds use the eps-ball rounded outward and quantized outward; attacks stay on the float32
 points of the ball (rounded inward) and the int8 inputs those quantize to.
 The int8 margin is an integer, so a lower bound above a float-noise slack proves >= 1:
@@ -20,6 +23,8 @@ import time
 import numpy as np
 import torch
 
+from verisparse.errors import VeriSparseError
+
 from .attack import pgd
 from .bounds import margin_spec
 from .float_verify import SampleResult, _min_margin
@@ -27,27 +32,34 @@ from .int8_attack import integer_search
 from .int8_bounds import margin_ibp
 from .rounding import inner_box, no_tf32, sound_box
 
-METHODS = ("ibp", "crown", "auto")
+METHODS = ("ibp", "crown", "bab", "auto")
 PROOF_SLACK = 1e-3  # float64 error on an integer margin bound is far below this
+RESTARTS = 4  # random restarts of the integer search before branch and bound
 
 
-def load_tflite_artifact(path, digest):
+def load_tflite_artifact(path, digest, kernels="reference"):
+    """kernels: whose arithmetic the bounds cover (int8_bounds.KERNELS). The runtime that
+    confirms counterexamples is LiteRT's reference kernels, or its default XNNPACK ones for
+    'xnnpack'; under 'all' a reference counterexample falsifies (it breaks one covered kernel)."""
     from verisparse.int8_runtime import dequantize, quantize, run_litert
     from verisparse.tflite_graph import read_tflite
 
     from .artifact import Artifact
-    from .int8_bounds import from_graph
+    from .int8_bounds import KERNELS, from_graph
+    if kernels not in KERNELS:
+        raise VeriSparseError(f"unknown kernels {kernels!r}; choose one of {', '.join(KERNELS)}")
     data = path.read_bytes()
-    model = from_graph(read_tflite(data))
-    run_litert(data, np.zeros((1, *_nhwc(model.in_shape)), np.int8))  # LiteRT must load it too
+    model = from_graph(read_tflite(data), kernels, data)
+    reference = kernels != "xnnpack"
+    run_litert(data, np.zeros((1, *_nhwc(model.in_shape)), np.int8), reference)  # LiteRT must load it too
 
     def runtime(x):
         q = quantize(_to_nhwc(np.asarray(x, np.float32)), model.in_scale, model.in_zp)
-        return dequantize(run_litert(data, q), model.out_scale, model.out_zp)
+        return dequantize(run_litert(data, q, reference), model.out_scale, model.out_zp)
 
     meta = _sidecar_metadata(path)  # verify is set by verify.artifact, which sizes the batches
     return Artifact(path, "tflite", digest, model.in_shape, model.num_classes, meta, None, METHODS, runtime,
-                    extra=dict(model=model))
+                    extra=dict(model=model, kernels=kernels))
 
 
 def _sidecar_metadata(path):
@@ -83,26 +95,26 @@ def surrogate(model):
             if isinstance(op, Requant):
                 u = torch.clamp(u * op.m.to(u), op.lo, op.hi)
             else:
-                u = op.forward(u)
+                u = op.smooth(u) if hasattr(op, "smooth") else op.forward(u)
         return u
     return forward
 
 
 def verify_int8(model, runtime, x, y, eps, method="crown", indices=None, batch_size=200, attack_steps=40,
-                attack_restarts=2, seed=0):
+                attack_restarts=2, seed=0, time_limit=10.0):
     indices = list(range(len(y))) if indices is None else list(indices)
     gen = torch.Generator().manual_seed(seed)
     results = []
     for s in range(0, len(y), batch_size):
         out = _batch(model, runtime, x[s:s + batch_size], y[s:s + batch_size], eps, method, gen,
-                     attack_steps, attack_restarts)
+                     attack_steps, attack_restarts, time_limit)
         for k, r in enumerate(out):
             r.index = indices[s + k]
         results += out
     return results
 
 
-def _batch(model, runtime, xb, yb, eps, method, gen, steps, restarts):
+def _batch(model, runtime, xb, yb, eps, method, gen, steps, restarts, time_limit):
     B = len(yb)
     t0 = time.perf_counter()
     logits = torch.as_tensor(runtime(xb.numpy()))
@@ -150,6 +162,68 @@ def _batch(model, runtime, xb, yb, eps, method, gen, steps, restarts):
                 if broken[k] and status[i] != "falsified":
                     status[i], cex[i], cex_margin[i], stage[i] = "falsified", cand[k], float(m[k]), what
         seconds[open_.numpy()] += (time.perf_counter() - t1) / len(open_)
+    if method in ("bab", "auto"):
+        todo = ((status == "unknown") & correct.numpy()).nonzero()[0]
+        if len(todo):  # random restarts of the integer search first: a counterexample ends a sample at once
+            t1 = time.perf_counter()
+            for what, cand in _restarts(model, a_l[todo], a_u[todo], yb[todo], gen):
+                real = torch.as_tensor(runtime(cand))
+                m = _min_margin(torch.einsum("bsk,bk->bs", C[todo].float(), real.float()), yb[todo])
+                for k, i in enumerate(todo.tolist()):
+                    if int(real[k].argmax()) != int(yb[i]) and status[i] != "falsified":
+                        status[i], cex[i], cex_margin[i], stage[i] = "falsified", cand[k], float(m[k]), what
+            seconds[todo] += (time.perf_counter() - t1) / len(todo)
+        for i in ((status == "unknown") & correct.numpy()).nonzero()[0].tolist():
+            t1 = time.perf_counter()
+            verdict, proof = _bab_sample(model, runtime, u_l[i:i + 1], u_u[i:i + 1], a_l[i:i + 1], a_u[i:i + 1],
+                                         C[i], lb[i], int(yb[i]), time_limit)
+            seconds[i] += time.perf_counter() - t1
+            if verdict == "verified":
+                status[i], stage[i] = "verified", "int8-bab"
+                lb[i] = torch.maximum(lb[i], proof)
+            elif verdict is not None:
+                status[i], cex[i], cex_margin[i], stage[i] = "falsified", verdict[0], verdict[1], "int8-bab"
     margins = _min_margin(lb, yb).numpy() * model.out_scale  # in logit units, as the float reports
     return [SampleResult(-1, int(yb[i]), str(status[i]), stage[i], float(margins[i]), cex_margin[i],
                          float(seconds[i]), cex[i]) for i in range(B)]
+
+
+def _restarts(model, a_l, a_u, y, gen, count=RESTARTS):
+    """The integer search from random int8 points of the reachable box: (stage, inputs) each."""
+    lo, hi = a_l.numpy(), a_u.numpy()
+    r_l, r_u = (torch.from_numpy(model.quantize(v)) for v in (lo, hi))
+    for _ in range(count):
+        u0 = (r_l + (r_u - r_l) * torch.rand(r_l.shape, generator=gen, dtype=r_l.dtype)).round()
+        u, _ = integer_search(model, u0, r_l, r_u, y, steps=60, greedy_rounds=200, generator=gen)
+        yield "int8-search", np.minimum(np.maximum((u.numpy() * model.in_scale).astype(np.float32), lo), hi)
+
+
+def _bab_sample(model, runtime, u_l, u_u, a_l, a_u, C, lb, y, time_limit):
+    """Branch and bound on each margin row of one sample the bounds left open, sharing
+    time_limit. Returns ("verified", the rows' proved bound), ((x, margin), None) for a
+    counterexample LiteRT confirms, or (None, None)."""
+    from .int8_bab import prove_row
+    reach = tuple(torch.from_numpy(model.quantize(v.numpy())) for v in (a_l, a_u))
+    found = {}
+
+    def counterexample(u):
+        x = np.minimum(np.maximum((u.numpy() * model.in_scale).astype(np.float32), a_l.numpy()), a_u.numpy())
+        out = np.asarray(runtime(x), np.float64)[0]
+        if int(out.argmax()) != y:
+            found["x"] = (x[0], float(out[y] - np.max(np.delete(out, y))))
+            return True
+        return False
+    deadline = time.perf_counter() + time_limit
+    rows = [j for j in range(len(lb)) if j != y and float(lb[j]) <= PROOF_SLACK]
+    for j in sorted(rows, key=lambda j: float(lb[j])):  # the weakest row first: most likely to fail
+        left = deadline - time.perf_counter()
+        if left <= 0:
+            return None, None
+        out = prove_row(model, u_l, u_u, C[j], left, reach, counterexample)
+        if out.counterexample is not None:
+            return found["x"], None
+        if not out.proved:
+            return None, None
+    proved = lb.clone()
+    proved[rows] = 1.0  # an integer margin proved positive is at least one step
+    return "verified", proved

@@ -26,7 +26,7 @@ from . import certificate
 _SPEC = re.compile(r"(\d{1,6})/(\d{1,6})")
 # what every shard of one run shares: a merge of shards that differ here is refused
 _SAME = ("artifact.sha256", "artifact.kind", "dataset", "eps", "method", "method_resolved", "time_limit_s",
-         "device", "tool.version", "shard.count", "shard.total", "shard.chunk")
+         "device", "kernels", "tool.version", "shard.count", "shard.total", "shard.chunk")
 
 
 def parse(text):
@@ -162,6 +162,7 @@ def merge(shards, min_vra, artifact_path):
         summary=certificate.summarize([_Record(r) for r in records], min_vra),
         wall_seconds=round(max(walls), 3),  # the shards ran side by side
         samples=records, method_resolved=_get(first, "method_resolved"), device=_get(first, "device"),
+        **({"kernels": first["kernels"]} if "kernels" in first else {}),
         merged_from=dict(shards=n_shards, chunk=chunk, slices=[
             dict(index=c["shard"]["index"], start=c["shard"]["start"], stop=c["shard"]["stop"],
                  wall_seconds=round(float(c["wall_seconds"]), 3)) for _, c in ordered]))
