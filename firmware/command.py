@@ -45,7 +45,9 @@ def firmware(source, board, out, run, vectors, max_ops, max_tensor_elements, max
     click.echo(f"  weights           {t['nonzero_weights']} non-zero, stored in {t['stored_weight_bytes']} B "
                f"(dense {t['dense_weight_bytes']} B)")
     click.echo(f"  MACs              dense {t['dense_macs']}, effective {t['effective_macs']}")
-    click.echo(f"  arena             {r['arena']['bytes']} B (lower bound {r['arena']['lower_bound_bytes']} B)")
+    a = r["arena"]
+    click.echo(f"  arena             {a['bytes']} B with input and output (lower bound {a['lower_bound_bytes']} B; "
+               f"TFLM's planner {a['tflm']['head_bytes']} B, its whole arena {a['tflm']['min_arena_size_bytes']} B)")
     if run:
         e, f, m, i = r["exactness"], r["flash"], r["ram"], r["instructions"]
         click.echo(f"  flash             {f['bytes']} B (target <= {f['target_bytes']} B; interpreter baseline "

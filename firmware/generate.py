@@ -23,6 +23,7 @@ from .lower import Program, lower
 from .outdir import read_listed, replace_file, write_files
 from .plan import Plan, plan
 from .reference import run_litert, run_tflm
+from .tflm_arena import tflm_arena
 from .vectors import make_vectors, vectors_c
 
 TFLM_CORE_BYTES = 16 * 1024  # TFLM's documented minimum core size on Cortex-M3, the interpreter baseline
@@ -81,13 +82,12 @@ def _check_fits(board: Board, totals, pl: Plan, prog: Program, n_vectors: int):
             f"the model needs about {const} bytes of flash for weights and parameters (+ {vec} for "
             f"{n_vectors} test vectors, + about {CODE_ALLOWANCE} for code), more than {board.name}'s "
             f"{board.flash_bytes} bytes; use fewer --vectors, a sparser model or a bigger board")
-    io = int(np.prod(prog.input.shape)) + int(np.prod(prog.output.shape))
-    ram = pl.arena_bytes + io + STACK_BYTES
+    ram = pl.arena_bytes + STACK_BYTES
     if ram > board.ram_bytes:
         raise VeriSparseError(
-            f"the model needs {pl.arena_bytes} bytes of activation arena (+ {io} for input and output, + "
-            f"{STACK_BYTES} of stack), more than {board.name}'s {board.ram_bytes} bytes of RAM; "
-            "use a smaller model or a bigger board")
+            f"the model is too big for {board.name}: it needs {pl.arena_bytes} bytes of activation arena (input and "
+            f"output included) + {STACK_BYTES} of stack, more than {board.name}'s {board.ram_bytes} bytes of RAM; "
+            "use a smaller or sparser model (structured sparsity shrinks activations) or a board with more RAM")
 
 
 def _compare(fw: np.ndarray, ref: np.ndarray) -> dict:
@@ -198,7 +198,8 @@ def generate_firmware(source, board: str = "mps2-an386", out=None, run: bool = F
         output=dict(shape=list(prog.output.shape), scale=float(prog.output.scale[0]),
                     zero_point=int(prog.output.zero_point[0]), model_dequantizes_output=prog.float_output),
         layers=rows, totals=totals,
-        arena=dict(bytes=pl.arena_bytes, lower_bound_bytes=pl.lower_bound_bytes),
+        arena=dict(bytes=pl.arena_bytes, lower_bound_bytes=pl.lower_bound_bytes, holds="activations, input, output, convolution scratch",
+                   in_place_layers=sorted(pl.in_place), tflm=tflm_arena(data)),
         interpreter_baseline=dict(flash_bytes=len(data) + TFLM_CORE_BYTES,
                                   how=".tflite size + 16 KB, TFLM's documented minimum core on Cortex-M3"),
         rounding=dict(firmware="TFLite double rounding (TFLM)", fully_connected_note=FC_NOTE if has_fc else None,
