@@ -16,7 +16,7 @@ Examples:
 """)
 @click.argument("source", type=click.Path())
 @click.option("--board", default="mps2-an386", show_default=True,
-              help="mps2-an385 (M3), mps2-an386 (M4), mps2-an500 (M7), mps2-an505 (M33) or generic.")
+              help="mps2-an385 (M3), mps2-an386 (M4), mps2-an500 (M7), mps2-an505 (M33), microbit (M0) or generic.")
 @click.option("--out", "out", type=click.Path(), default=None, help="Project folder [default: SOURCE's folder/firmware].")
 @click.option("--run", "run", is_flag=True,
               help="Build with arm-none-eabi-gcc, run in QEMU and check every output byte against TFLM and LiteRT.")
@@ -46,8 +46,8 @@ def firmware(source, board, out, run, vectors, max_ops, max_tensor_elements, max
                f"(dense {t['dense_weight_bytes']} B)")
     click.echo(f"  MACs              dense {t['dense_macs']}, effective {t['effective_macs']}")
     a = r["arena"]
-    click.echo(f"  arena             {a['bytes']} B with input and output (lower bound {a['lower_bound_bytes']} B; "
-               f"TFLM's planner {a['tflm']['head_bytes']} B, its whole arena {a['tflm']['min_arena_size_bytes']} B)")
+    tflm = f"; TFLM's planner {r['tflm_arena']['head_bytes']} B" if run else ""
+    click.echo(f"  arena             {a['bytes']} B with input and output (lower bound {a['lower_bound_bytes']} B{tflm})")
     if run:
         e, f, m, i = r["exactness"], r["flash"], r["ram"], r["instructions"]
         click.echo(f"  flash             {f['bytes']} B (target <= {f['target_bytes']} B; interpreter baseline "

@@ -16,7 +16,7 @@ from verisparse.files import sha256_file, write_json
 from verisparse.tflite_graph import read_tflite
 
 from . import toolchain
-from .boards import STACK_BYTES, Board, get_board, project_files
+from .boards import Board, get_board, project_files
 from .emit import model_c, model_h
 from .limits import Limits, check_arena, check_graph
 from .lower import Program, lower
@@ -29,7 +29,7 @@ from .vectors import make_vectors, vectors_c
 TFLM_CORE_BYTES = 16 * 1024  # TFLM's documented minimum core size on Cortex-M3, the interpreter baseline
 CODE_ALLOWANCE = 16 * 1024  # kernels, startup and harness code, for the fit check before building
 REPORT = "firmware.json"
-MEASURED = ("exactness", "flash", "ram", "instructions")  # what --run adds to the report
+MEASURED = ("exactness", "flash", "ram", "instructions", "tflm_arena")  # what --run adds to the report
 FC_NOTE = ("LiteRT 2.x's reference FULLY_CONNECTED rounds once ((acc * m + 2^(s-1)) >> s); TFLM and this "
            "firmware round twice (TFLite's MultiplyByQuantizedMultiplier), so LiteRT can differ by 1 LSB on "
            "FULLY_CONNECTED outputs. The firmware is held to TFLM byte for byte; VeriSparse's exporter writes "
@@ -82,11 +82,11 @@ def _check_fits(board: Board, totals, pl: Plan, prog: Program, n_vectors: int):
             f"the model needs about {const} bytes of flash for weights and parameters (+ {vec} for "
             f"{n_vectors} test vectors, + about {CODE_ALLOWANCE} for code), more than {board.name}'s "
             f"{board.flash_bytes} bytes; use fewer --vectors, a sparser model or a bigger board")
-    ram = pl.arena_bytes + STACK_BYTES
+    ram = pl.arena_bytes + board.stack_bytes
     if ram > board.ram_bytes:
         raise VeriSparseError(
             f"the model is too big for {board.name}: it needs {pl.arena_bytes} bytes of activation arena (input and "
-            f"output included) + {STACK_BYTES} of stack, more than {board.name}'s {board.ram_bytes} bytes of RAM; "
+            f"output included) + {board.stack_bytes} of stack, more than {board.name}'s {board.ram_bytes} bytes of RAM; "
             "use a smaller or sparser model (structured sparsity shrinks activations) or a board with more RAM")
 
 
@@ -164,7 +164,7 @@ def generate_firmware(source, board: str = "mps2-an386", out=None, run: bool = F
     if vectors < 1:
         raise VeriSparseError(f"--vectors must be at least 1; got {vectors}")
     if run and b.qemu_machine is None:
-        raise VeriSparseError(f"board {b.name} has no emulator; --run needs one of the mps2 boards")
+        raise VeriSparseError(f"board {b.name} has no emulator; --run needs one of the mps2 boards or microbit")
     fw_dir = Path(out) if out is not None else (run_dir or tfl.parent) / "firmware"
     try:
         data = tfl.read_bytes()
@@ -199,7 +199,7 @@ def generate_firmware(source, board: str = "mps2-an386", out=None, run: bool = F
                     zero_point=int(prog.output.zero_point[0]), model_dequantizes_output=prog.float_output),
         layers=rows, totals=totals,
         arena=dict(bytes=pl.arena_bytes, lower_bound_bytes=pl.lower_bound_bytes, holds="activations, input, output, convolution scratch",
-                   in_place_layers=sorted(pl.in_place), tflm=tflm_arena(data)),
+                   in_place_layers=sorted(pl.in_place)),
         interpreter_baseline=dict(flash_bytes=len(data) + TFLM_CORE_BYTES,
                                   how=".tflite size + 16 KB, TFLM's documented minimum core on Cortex-M3"),
         rounding=dict(firmware="TFLite double rounding (TFLM)", fully_connected_note=FC_NOTE if has_fc else None,
@@ -222,6 +222,9 @@ def generate_firmware(source, board: str = "mps2-an386", out=None, run: bool = F
         report["exactness"] = dict(board=b.name, vectors=len(vec), tflm=tflm, litert_reference=lite,
                                    litert_must_match=not litert_may_differ, exact=exact)
         report.update(_measure(fw_dir, b, totals, pl, text))
+        # TFLM's own arena for the same model, beside ours (given room enough for its planner)
+        report["tflm_arena"] = tflm_arena(data, arena_size=4 * pl.arena_bytes + 10 * len(data) + (1 << 16))
+        report["tflm_arena"]["arena_within_tflm"] = pl.arena_bytes <= report["tflm_arena"]["head_bytes"]
         replace_file(fw_dir, REPORT, _json_bytes(report))
         if run_report is not None:
             _write_run_report(run_report, report)

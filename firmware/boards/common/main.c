@@ -18,7 +18,7 @@ extern uint32_t __stack_limit__;
 
 static void spin(uint32_t n)
 {
-    __asm volatile("1: subs %0, %0, #1\n\tbne 1b" : "+r"(n) : : "cc");
+    __asm volatile(".syntax unified\n1: subs %0, %0, #1\n\tbne 1b" : "+l"(n) : : "cc");  /* l: a low register, for Thumb-1 */
 }
 
 /* Paints the free stack, runs the model, and finds the deepest word it changed. The
