@@ -53,7 +53,7 @@ def get_board(name: str) -> Board:
     return BOARDS[name]
 
 
-def _fill(template: str, values: dict) -> str:
+def fill(template: str, values: dict) -> str:
     for k, v in values.items():
         template = template.replace(f"@{k}@", str(v))
     return template
@@ -72,14 +72,19 @@ def project_files(board: Board, sources: dict[str, str]) -> dict[str, str]:
                   RUN_RULE="$(QEMU) -kernel fw.elf" if qemu else
                   "@echo 'generic board: flash fw.elf with your tools (see README.md)'; false")
     files = dict(sources)
-    files["Makefile"] = _fill((HERE / "boards/common/Makefile.in").read_text(), values)
-    files["link.ld"] = _fill((HERE / "boards/common/link.ld.in").read_text(), values)
+    files["Makefile"] = fill((HERE / "boards/common/Makefile.in").read_text(), values)
+    files["link.ld"] = fill((HERE / "boards/common/link.ld.in").read_text(), values)
     for name in ("startup.c", "main.c", "main_size.c", "vs_platform.h"):
         files[name] = (HERE / "boards/common" / name).read_text()
     files["host_main.c"] = (HERE / "boards/host/host_main.c").read_text()
     files["platform.c"] = (HERE / "boards" / ("qemu" if qemu else "generic") / "platform.c").read_text()
     if not qemu:
         files["README.md"] = (HERE / "boards/generic/README.md").read_text()
-    for name in sorted(p.name for p in (HERE / "kernels").iterdir() if p.suffix in (".c", ".h")):
-        files[f"kernels/{name}"] = (HERE / "kernels" / name).read_text()
+    files.update(kernel_files())
     return files
+
+
+def kernel_files() -> dict[str, str]:
+    """kernels/<name> -> text of every kernel source and header."""
+    return {f"kernels/{p.name}": p.read_text() for p in sorted((HERE / "kernels").iterdir())
+            if p.suffix in (".c", ".h")}

@@ -39,6 +39,10 @@ def model_h(prog: Program, plan: Plan) -> str:
 
 #include <stdint.h>
 
+#ifdef __cplusplus
+extern "C" {{
+#endif
+
 /* input: int8 {list(i.shape)} (NHWC), real value = (q - zero_point) * scale */
 #define VS_INPUT_SIZE {int(np.prod(i.shape))}
 #define VS_INPUT_SCALE {_float(i.scale[0])}
@@ -64,6 +68,10 @@ const int8_t *vs_model_output(void);
 
 /* The same with buffers of your own: copies input into the arena, runs, copies the output out. */
 void vs_model_run(const int8_t *input, int8_t *output);
+
+#ifdef __cplusplus
+}}
+#endif
 
 #endif
 """

@@ -18,6 +18,7 @@ from verisparse.tflite_graph import read_tflite
 from . import toolchain
 from .boards import Board, get_board, project_files
 from .emit import model_c, model_h
+from .layouts import LAYOUTS, library_files
 from .limits import Limits, check_arena, check_graph
 from .lower import Program, lower
 from .outdir import read_listed, replace_file, write_files
@@ -157,12 +158,19 @@ def _write_run_report(path: Path, report: dict):
 
 
 def generate_firmware(source, board: str = "mps2-an386", out=None, run: bool = False, vectors: int = 200,
-                      limits: Limits = Limits()) -> dict:
+                      limits: Limits = Limits(), layout: str = "make") -> dict:
     src = Path(source)
     tfl, run_dir = _source(src)
     b = get_board(board)
     if vectors < 1:
         raise VeriSparseError(f"--vectors must be at least 1; got {vectors}")
+    if layout not in LAYOUTS:
+        raise VeriSparseError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+    if run and layout != "make":
+        raise VeriSparseError(f"--run builds and runs the Makefile project in QEMU; the {layout} layout holds the "
+                              "model library alone: run once with --layout make (same model.c and kernels)")
+    if layout != "make":
+        vectors = 0  # the test vectors belong to the harness of the make layout
     if run and b.qemu_machine is None:
         raise VeriSparseError(f"board {b.name} has no emulator; --run needs one of the mps2 boards or microbit")
     fw_dir = Path(out) if out is not None else (run_dir or tfl.parent) / "firmware"
@@ -179,12 +187,15 @@ def generate_firmware(source, board: str = "mps2-an386", out=None, run: bool = F
     totals = _totals(rows)
     _check_fits(b, totals, pl, prog, vectors)
 
-    vec = make_vectors(vectors, prog.input.shape[1:] if len(prog.input.shape) > 1 else prog.input.shape,
-                       float(prog.input.scale[0]), int(prog.input.zero_point[0]), run_dir)
-    vh, vc = vectors_c(vec)
-    sources = {"model.h": model_h(prog, pl), "model.c": model_c(prog, pl, tfl.name),
-               "vs_vectors.h": vh, "vs_vectors.c": vc}
-    files = {name: text.encode() for name, text in project_files(b, sources).items()}
+    model = {"model.h": model_h(prog, pl), "model.c": model_c(prog, pl, tfl.name)}
+    if layout == "make":
+        vec = make_vectors(vectors, prog.input.shape[1:] if len(prog.input.shape) > 1 else prog.input.shape,
+                           float(prog.input.scale[0]), int(prog.input.zero_point[0]), run_dir)
+        vh, vc = vectors_c(vec)
+        text_files = project_files(b, {**model, "vs_vectors.h": vh, "vs_vectors.c": vc})
+    else:
+        vec, text_files = [], library_files(layout, b, model)
+    files = {name: text.encode() for name, text in text_files.items()}
     has_fc = any(l.op == "FULLY_CONNECTED" for l in prog.layers)
     relu6_differs = any(l.op == "RELU6" and l.litert_differs for l in prog.layers)
     litert_may_differ = has_fc or relu6_differs
@@ -192,7 +203,7 @@ def generate_firmware(source, board: str = "mps2-an386", out=None, run: bool = F
         source=dict(path=str(tfl), sha256=sha256_file(tfl), bytes=len(data)),
         board=dict(name=b.name, description=b.description, cpu=b.cpu, qemu_machine=b.qemu_machine,
                    flash_bytes=b.flash_bytes, ram_bytes=b.ram_bytes),
-        firmware_dir=str(fw_dir), project_sha256=_project_sha256(files),
+        firmware_dir=str(fw_dir), layout=layout, project_sha256=_project_sha256(files),
         input=dict(shape=list(prog.input.shape), scale=float(prog.input.scale[0]),
                    zero_point=int(prog.input.zero_point[0]), model_quantizes_float_input=prog.float_input),
         output=dict(shape=list(prog.output.shape), scale=float(prog.output.scale[0]),
