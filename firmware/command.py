@@ -18,10 +18,12 @@ Examples:
 """)
 @click.argument("source", type=click.Path())
 @click.option("--board", default="mps2-an386", show_default=True,
-              help="mps2-an385 (M3), mps2-an386 (M4), mps2-an500 (M7), mps2-an505 (M33), microbit (M0) or generic.")
+              help="mps2-an385 (M3), mps2-an386 (M4), mps2-an500 (M7), mps2-an505 (M33), microbit (M0) "
+                   "or generic.")
 @click.option("--out", "out", type=click.Path(), default=None, help="Project folder [default: SOURCE's folder/firmware].")
-@click.option("--layout", type=click.Choice(LAYOUTS), default="make", show_default=True, help="make: a board project (startup, linker script, Makefile, test harness); "
-              "cmake, zephyr, arduino, platformio: the model and kernels as a library for that build system.")
+@click.option("--layout", type=click.Choice(LAYOUTS), default="make", show_default=True,
+              help="make: a board project (startup, linker script, Makefile, test harness); cmake, zephyr, "
+                   "arduino, platformio: the model and kernels as a library for that build system.")
 @click.option("--run", "run", is_flag=True,
               help="Build with arm-none-eabi-gcc, run in QEMU and check every output byte against TFLM and LiteRT.")
 @click.option("--vectors", type=int, default=200, show_default=True, help="Test inputs embedded in the firmware.")
@@ -51,7 +53,8 @@ def firmware(source, board, out, layout, run, vectors, max_ops, max_tensor_eleme
     click.echo(f"  MACs              dense {t['dense_macs']}, effective {t['effective_macs']}")
     a = r["arena"]
     tflm = f"; TFLM's planner {r['tflm_arena']['head_bytes']} B" if run else ""
-    click.echo(f"  arena             {a['bytes']} B with input and output (lower bound {a['lower_bound_bytes']} B{tflm})")
+    click.echo(f"  arena             {a['bytes']} B with input and output (lower bound {a['lower_bound_bytes']} B"
+               f"{tflm})")
     if run:
         e, f, m, i = r["exactness"], r["flash"], r["ram"], r["instructions"]
         click.echo(f"  flash             {f['bytes']} B (target <= {f['target_bytes']} B; interpreter baseline "

@@ -87,8 +87,8 @@ def _check_fits(board: Board, totals, pl: Plan, prog: Program, n_vectors: int):
     if ram > board.ram_bytes:
         raise VeriSparseError(
             f"the model is too big for {board.name}: it needs {pl.arena_bytes} bytes of activation arena (input and "
-            f"output included) + {board.stack_bytes} of stack, more than {board.name}'s {board.ram_bytes} bytes of RAM; "
-            "use a smaller or sparser model (structured sparsity shrinks activations) or a board with more RAM")
+            f"output included) + {board.stack_bytes} of stack, more than {board.name}'s {board.ram_bytes} bytes "
+            "of RAM; use a smaller or sparser model (structured sparsity shrinks activations) or a board with more RAM")
 
 
 def _compare(fw: np.ndarray, ref: np.ndarray) -> dict:
@@ -209,8 +209,9 @@ def generate_firmware(source, board: str = "mps2-an386", out=None, run: bool = F
         output=dict(shape=list(prog.output.shape), scale=float(prog.output.scale[0]),
                     zero_point=int(prog.output.zero_point[0]), model_dequantizes_output=prog.float_output),
         layers=rows, totals=totals,
-        arena=dict(bytes=pl.arena_bytes, lower_bound_bytes=pl.lower_bound_bytes, holds="activations, input, output, convolution scratch",
-                   in_place_layers=sorted(pl.in_place)),
+        arena=dict(bytes=pl.arena_bytes, lower_bound_bytes=pl.lower_bound_bytes,
+                   holds="activations, input, output, convolution scratch", in_place_layers=sorted(pl.in_place),
+                   sliding_layers=sorted(pl.sliding)),
         interpreter_baseline=dict(flash_bytes=len(data) + TFLM_CORE_BYTES,
                                   how=".tflite size + 16 KB, TFLM's documented minimum core on Cortex-M3"),
         rounding=dict(firmware="TFLite double rounding (TFLM)", fully_connected_note=FC_NOTE if has_fc else None,

@@ -55,6 +55,7 @@ class Plan:
     lower_bound_bytes: int
     skipped: set  # indices of RESHAPE layers that need no code (output aliases input)
     in_place: set  # indices of element-wise layers whose output overwrites an input
+    sliding: set  # indices of windowed layers whose output runs over their input
 
 
 def plan(prog: Program) -> Plan:
@@ -106,38 +107,50 @@ def plan(prog: Program) -> Plan:
     first[root(prog.input.index)] = -1
     last[root(prog.output.index)] = len(layers)
 
-    # Placement runs down from the arena's end (m = arena - offset - size), so that an output, which
-    # must start below its input, can be placed after the input and still share its bytes.
-    def blocked(r, q, m):
-        """The places r may not take because of q placed at m, as (m', s'): r fits below m' or from
-        m' + s' on; two unrelated tensors give (m, size of q)."""
+    # An output must start below its input to share its bytes: placing upwards, the output must be
+    # placed first; placing downwards from the arena's end (m = arena - offset - size), the input.
+    def blocked(r, q, at, down, lead):
+        """The places r may not take because q sits at `at`, as (o, s): r fits below o or from o + s
+        on; two unrelated tensors give (at, size of q)."""
         if (r, q) in lead:  # r, the output, starts at least lead bytes below its input q, or past q's end
-            return m, size[q] + lead[(r, q)] - size[r]
+            d = lead[(r, q)]
+            return (at, size[q] + d - size[r]) if down else (at - d + size[r], size[q] + d - size[r])
         if (q, r) in lead:  # q, the output, starts at least lead bytes below its input r, or past r's end
-            return m + size[q] - lead[(q, r)], lead[(q, r)]
-        return m, size[q]
+            d = lead[(q, r)]
+            return (at + size[q] - d, d) if down else (at, d)
+        return at, size[q]
 
-    placed = []  # (tensor, offset, first, last)
-    offset = {}
-    for r in sorted(size, key=lambda r: (-size[r], first[r])):
-        busy = sorted(blocked(r, q, o) for q, o, f, la in placed if f <= last[r] and first[r] <= la)
-        at = 0
-        for o, s in busy:
-            if at + size[r] <= o:
-                break
-            at = max(at, o + s)
-        offset[r] = at
-        placed.append((r, at, first[r], last[r]))
-    arena = max((o + size[r] for r, o, _, _ in placed), default=0)
-    offset = {r: arena - m - size[r] for r, m in offset.items()}
+    def place(down, lead):
+        offset = {}
+        for r in sorted(size, key=lambda r: (-size[r], first[r])):
+            busy = sorted(blocked(r, q, o, down, lead) for q, o in offset.items() if first[q] <= last[r]
+                          and first[r] <= last[q])
+            at = 0
+            for o, s in busy:
+                if at + size[r] <= o:
+                    break
+                at = max(at, o + s)
+            offset[r] = at
+        arena = max((o + size[r] for r, o in offset.items()), default=0)
+        return arena, {r: arena - m - size[r] for r, m in offset.items()} if down else offset
 
-    def overlap(i):  # bytes an output may share with its input at layer i, at most
-        return sum(size[o] + size[q] - (max(size[q], size[o] - d) - min(0, -d)) for (o, q), d in lead.items()
-                   if first[o] == i)
+    def bound(lead):
+        def overlap(i):  # bytes an output may share with its input at layer i, at most
+            return sum(max(size[o] + size[q] - (max(size[q], size[o] - d) - min(0, -d)), 0)
+                       for (o, q), d in lead.items() if first[o] == i)
+        return max((sum(size[r] for r in size if first[r] <= i <= last[r]) - overlap(i)
+                    for i in range(-1, len(layers) + 1)), default=0)
 
-    bound = max((sum(size[r] for r in size if first[r] <= i <= last[r]) - overlap(i)
-                 for i in range(-1, len(layers) + 1)), default=0)
+    # the smallest of four plans: windowed outputs separate or running over their inputs, placed
+    # upwards or downwards; on a tie the plan that asks less of the kernels
+    plans = [(*place(down, rule), n, rule) for n, rule in enumerate(({}, lead)) for down in (False, True)]
+    arena, offset, _, lead = min(plans, key=lambda p: (p[0], p[2]))
+    # the bound of the sharing the plan uses: pairs placed apart share nothing
+    lead = {(o, q): d for (o, q), d in lead.items()
+            if offset[o] < offset[q] + size[q] and offset[q] < offset[o] + size[o]}
+    bound = bound(lead)
     where = {k: ("arena", offset[k]) for k in offset if isinstance(k, tuple)}
     for t in elements:
         where[t] = ("arena", offset[root(t)])
-    return Plan(where, arena, bound, skipped, in_place)
+    sliding = {i for i, l in enumerate(layers) if (l.output, root(l.inputs[0])) in lead}
+    return Plan(where, arena, bound, skipped, in_place, sliding)
