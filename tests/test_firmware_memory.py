@@ -2,11 +2,15 @@
 byte by byte against the kernels' access order (vs_kernels.h): no byte is overwritten while a
 later read still needs it. And the arena is compared with what TFLM's own planner needs for the
 same model."""
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from verisparse.errors import VeriSparseError
+from verisparse.firmware import toolchain
+from verisparse.firmware.generate import generate_firmware
 from verisparse.firmware.lower import lower
 from verisparse.firmware.plan import IN_PLACE, plan
 from verisparse.firmware.tflm_arena import tflm_arena
@@ -132,3 +136,28 @@ def test_replay_catches_a_plan_that_overwrites_bytes_still_needed():
     pl.arena_bytes += 1
     with pytest.raises(AssertionError, match="overwritten before they were read"):
         _replay(prog, pl)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("arm-none-eabi-gcc") is None, reason="`make test` installs the toolchain")
+@pytest.mark.skipif(not MLPERF.is_dir(), reason=f"the MLPerf Tiny models are not in {MLPERF}")
+def test_mlperf_tiny_ram_is_the_arena_and_little_else(tmp_path, capsys):
+    """The size build (model, kernels, startup; the input and output in the arena): .data + .bss
+    within arena + 2 KB on Cortex-M4 and Cortex-M0."""
+    rows = []
+    for name in MLPERF_MODELS:
+        for board in ("mps2-an386", "microbit"):
+            fw = tmp_path / f"{name}-{board}"
+            try:
+                r = generate_firmware(MLPERF / name, board, fw, vectors=1)
+            except VeriSparseError as e:  # the micro:bit's 16 KB RAM, 256 KB flash: refused with the numbers
+                assert board == "microbit" and "more than microbit's" in str(e), e
+                continue
+            toolchain.make(fw, "size.elf")
+            sec = toolchain.section_sizes(fw / "size.elf")
+            ram = sec.get(".data", 0) + sec.get(".bss", 0)
+            assert ram <= r["arena"]["bytes"] + 2048, (name, board, sec, r["arena"])
+            rows.append(f"{name:32s} {board:11s} .data + .bss {ram:6d} B, arena {r['arena']['bytes']:6d} B")
+    assert len(rows) >= 3
+    with capsys.disabled():
+        print("\n" + "\n".join(rows))
