@@ -52,7 +52,7 @@ def firmware(source, board, out, layout, run, vectors, max_ops, max_tensor_eleme
                f"(dense {t['dense_weight_bytes']} B)")
     click.echo(f"  MACs              dense {t['dense_macs']}, effective {t['effective_macs']}")
     a = r["arena"]
-    tflm = f"; TFLM's planner {r['tflm_arena']['head_bytes']} B" if run else ""
+    tflm = f"; TFLM's planner {r['tflm_arena']['head_bytes']} B" if "tflm_arena" in r else ""
     click.echo(f"  arena             {a['bytes']} B with input and output (lower bound {a['lower_bound_bytes']} B"
                f"{tflm})")
     if run:

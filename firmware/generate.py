@@ -97,7 +97,7 @@ def _compare(fw: np.ndarray, ref: np.ndarray) -> dict:
                 max_abs_difference=int(diff.max(initial=0)))
 
 
-def _measure(fw_dir: Path, board: Board, totals: dict, pl: Plan, text: str) -> dict:
+def _measure(fw_dir: Path, board: Board, totals: dict, pl: Plan, text: str, data: bytes) -> dict:
     sec = toolchain.section_sizes(fw_dir / "size.elf")
     flash = sum(v for k, v in sec.items() if k in (".text", ".rodata", ".ARM.exidx", ".init_array", ".data"))
     data_bss = sec.get(".data", 0) + sec.get(".bss", 0)
@@ -106,6 +106,8 @@ def _measure(fw_dir: Path, board: Board, totals: dict, pl: Plan, text: str) -> d
     flash_target = int(1.15 * payload + 4096)
     ram = data_bss + m["stack_bytes_measured"]
     instr = m["instructions_per_inference"]
+    # TFLM's own arena for the same model, beside ours (given room enough for its planner)
+    tflm = tflm_arena(data, arena_size=4 * pl.arena_bytes + 10 * len(data) + (1 << 16))
     return dict(
         flash=dict(bytes=flash, sections=sec, payload_bytes=payload, target_bytes=flash_target,
                    within_target=flash <= flash_target,
@@ -113,6 +115,7 @@ def _measure(fw_dir: Path, board: Board, totals: dict, pl: Plan, text: str) -> d
         ram=dict(bytes=ram, data_bss_bytes=data_bss, stack_bytes_measured=m["stack_bytes_measured"],
                  arena_bytes=pl.arena_bytes, target_bytes=pl.arena_bytes + 2048,
                  within_target=ram <= pl.arena_bytes + 2048, target="planned arena + 2 KB"),
+        tflm_arena=dict(tflm, arena_bytes=pl.arena_bytes, arena_within_tflm=pl.arena_bytes <= tflm["head_bytes"]),
         instructions=dict(per_inference=instr, resolution=m["instructions_resolution"],
                           per_effective_mac=round(instr / max(totals["effective_macs"], 1), 3),
                           per_dense_mac=round(instr / max(totals["dense_macs"], 1), 3),
@@ -232,10 +235,7 @@ def generate_firmware(source, board: str = "mps2-an386", out=None, run: bool = F
         exact = tflm["differing_bytes"] == 0 and (lite["differing_bytes"] == 0 or litert_may_differ)
         report["exactness"] = dict(board=b.name, vectors=len(vec), tflm=tflm, litert_reference=lite,
                                    litert_must_match=not litert_may_differ, exact=exact)
-        report.update(_measure(fw_dir, b, totals, pl, text))
-        # TFLM's own arena for the same model, beside ours (given room enough for its planner)
-        report["tflm_arena"] = tflm_arena(data, arena_size=4 * pl.arena_bytes + 10 * len(data) + (1 << 16))
-        report["tflm_arena"]["arena_within_tflm"] = pl.arena_bytes <= report["tflm_arena"]["head_bytes"]
+        report.update(_measure(fw_dir, b, totals, pl, text, data))
         replace_file(fw_dir, REPORT, _json_bytes(report))
         if run_report is not None:
             _write_run_report(run_report, report)
