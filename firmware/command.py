@@ -5,6 +5,7 @@ import sys
 
 import click
 
+from .layouts import LAYOUTS
 from .limits import Limits
 
 
@@ -13,11 +14,16 @@ Examples:
   verisparse firmware runs/default --board mps2-an386 --out runs/default/firmware --run
   verisparse firmware model.tflite --board mps2-an385 --out fw --run --vectors 500
   verisparse firmware runs/default --board generic --out fw_nucleo   # then port fw_nucleo/platform.c
+  verisparse firmware runs/default --layout zephyr --out modules/verisparse_model
 """)
 @click.argument("source", type=click.Path())
 @click.option("--board", default="mps2-an386", show_default=True,
-              help="mps2-an385 (M3), mps2-an386 (M4), mps2-an500 (M7), mps2-an505 (M33) or generic.")
+              help="mps2-an385 (M3), mps2-an386 (M4), mps2-an500 (M7), mps2-an505 (M33), microbit (M0) "
+                   "or generic.")
 @click.option("--out", "out", type=click.Path(), default=None, help="Project folder [default: SOURCE's folder/firmware].")
+@click.option("--layout", type=click.Choice(LAYOUTS), default="make", show_default=True,
+              help="make: a board project (startup, linker script, Makefile, test harness); cmake, zephyr, "
+                   "arduino, platformio: the model and kernels as a library for that build system.")
 @click.option("--run", "run", is_flag=True,
               help="Build with arm-none-eabi-gcc, run in QEMU and check every output byte against TFLM and LiteRT.")
 @click.option("--vectors", type=int, default=200, show_default=True, help="Test inputs embedded in the firmware.")
@@ -29,7 +35,7 @@ Examples:
               help="Refuse models with more multiply-accumulates per inference.")
 @click.option("--max-arena", type=int, default=Limits.max_arena, show_default=True,
               help="Refuse models whose activation arena needs more bytes.")
-def firmware(source, board, out, run, vectors, max_ops, max_tensor_elements, max_macs, max_arena):
+def firmware(source, board, out, layout, run, vectors, max_ops, max_tensor_elements, max_macs, max_arena):
     """Generate C firmware for a full-int8 model: RUN_DIR (its model_int8.tflite) or MODEL.tflite.
 
     Writes model.c/.h (const weights, sparse where smaller, one static arena), the kernels,
@@ -39,13 +45,16 @@ def firmware(source, board, out, run, vectors, max_ops, max_tensor_elements, max
     from .generate import generate_firmware
 
     r = generate_firmware(source, board, out, run=run, vectors=vectors,
-                          limits=Limits(max_ops, max_tensor_elements, max_macs, max_arena))
+                          limits=Limits(max_ops, max_tensor_elements, max_macs, max_arena), layout=layout)
     t = r["totals"]
     click.echo(f"firmware {r['firmware_dir']}  ({r['board']['name']}, {r['board']['cpu']})")
     click.echo(f"  weights           {t['nonzero_weights']} non-zero, stored in {t['stored_weight_bytes']} B "
                f"(dense {t['dense_weight_bytes']} B)")
     click.echo(f"  MACs              dense {t['dense_macs']}, effective {t['effective_macs']}")
-    click.echo(f"  arena             {r['arena']['bytes']} B (lower bound {r['arena']['lower_bound_bytes']} B)")
+    a = r["arena"]
+    tflm = f"; TFLM's planner {r['tflm_arena']['head_bytes']} B" if "tflm_arena" in r else ""
+    click.echo(f"  arena             {a['bytes']} B with input and output (lower bound {a['lower_bound_bytes']} B"
+               f"{tflm})")
     if run:
         e, f, m, i = r["exactness"], r["flash"], r["ram"], r["instructions"]
         click.echo(f"  flash             {f['bytes']} B (target <= {f['target_bytes']} B; interpreter baseline "

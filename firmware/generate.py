@@ -16,19 +16,21 @@ from verisparse.files import sha256_file, write_json
 from verisparse.tflite_graph import read_tflite
 
 from . import toolchain
-from .boards import STACK_BYTES, Board, get_board, project_files
+from .boards import Board, get_board, project_files
 from .emit import model_c, model_h
+from .layouts import LAYOUTS, library_files
 from .limits import Limits, check_arena, check_graph
 from .lower import Program, lower
 from .outdir import read_listed, replace_file, write_files
 from .plan import Plan, plan
 from .reference import run_litert, run_tflm
+from .tflm_arena import tflm_arena
 from .vectors import make_vectors, vectors_c
 
 TFLM_CORE_BYTES = 16 * 1024  # TFLM's documented minimum core size on Cortex-M3, the interpreter baseline
 CODE_ALLOWANCE = 16 * 1024  # kernels, startup and harness code, for the fit check before building
 REPORT = "firmware.json"
-MEASURED = ("exactness", "flash", "ram", "instructions")  # what --run adds to the report
+MEASURED = ("exactness", "flash", "ram", "instructions", "tflm_arena")  # what --run adds to the report
 FC_NOTE = ("LiteRT 2.x's reference FULLY_CONNECTED rounds once ((acc * m + 2^(s-1)) >> s); TFLM and this "
            "firmware round twice (TFLite's MultiplyByQuantizedMultiplier), so LiteRT can differ by 1 LSB on "
            "FULLY_CONNECTED outputs. The firmware is held to TFLM byte for byte; VeriSparse's exporter writes "
@@ -81,13 +83,12 @@ def _check_fits(board: Board, totals, pl: Plan, prog: Program, n_vectors: int):
             f"the model needs about {const} bytes of flash for weights and parameters (+ {vec} for "
             f"{n_vectors} test vectors, + about {CODE_ALLOWANCE} for code), more than {board.name}'s "
             f"{board.flash_bytes} bytes; use fewer --vectors, a sparser model or a bigger board")
-    io = int(np.prod(prog.input.shape)) + int(np.prod(prog.output.shape))
-    ram = pl.arena_bytes + io + STACK_BYTES
+    ram = pl.arena_bytes + board.stack_bytes
     if ram > board.ram_bytes:
         raise VeriSparseError(
-            f"the model needs {pl.arena_bytes} bytes of activation arena (+ {io} for input and output, + "
-            f"{STACK_BYTES} of stack), more than {board.name}'s {board.ram_bytes} bytes of RAM; "
-            "use a smaller model or a bigger board")
+            f"the model is too big for {board.name}: it needs {pl.arena_bytes} bytes of activation arena (input and "
+            f"output included) + {board.stack_bytes} of stack, more than {board.name}'s {board.ram_bytes} bytes "
+            "of RAM; use a smaller or sparser model (structured sparsity shrinks activations) or a board with more RAM")
 
 
 def _compare(fw: np.ndarray, ref: np.ndarray) -> dict:
@@ -96,7 +97,7 @@ def _compare(fw: np.ndarray, ref: np.ndarray) -> dict:
                 max_abs_difference=int(diff.max(initial=0)))
 
 
-def _measure(fw_dir: Path, board: Board, totals: dict, pl: Plan, text: str) -> dict:
+def _measure(fw_dir: Path, board: Board, totals: dict, pl: Plan, text: str, data: bytes) -> dict:
     sec = toolchain.section_sizes(fw_dir / "size.elf")
     flash = sum(v for k, v in sec.items() if k in (".text", ".rodata", ".ARM.exidx", ".init_array", ".data"))
     data_bss = sec.get(".data", 0) + sec.get(".bss", 0)
@@ -105,6 +106,8 @@ def _measure(fw_dir: Path, board: Board, totals: dict, pl: Plan, text: str) -> d
     flash_target = int(1.15 * payload + 4096)
     ram = data_bss + m["stack_bytes_measured"]
     instr = m["instructions_per_inference"]
+    # TFLM's own arena for the same model, beside ours (given room enough for its planner)
+    tflm = tflm_arena(data, arena_size=4 * pl.arena_bytes + 10 * len(data) + (1 << 16))
     return dict(
         flash=dict(bytes=flash, sections=sec, payload_bytes=payload, target_bytes=flash_target,
                    within_target=flash <= flash_target,
@@ -112,6 +115,7 @@ def _measure(fw_dir: Path, board: Board, totals: dict, pl: Plan, text: str) -> d
         ram=dict(bytes=ram, data_bss_bytes=data_bss, stack_bytes_measured=m["stack_bytes_measured"],
                  arena_bytes=pl.arena_bytes, target_bytes=pl.arena_bytes + 2048,
                  within_target=ram <= pl.arena_bytes + 2048, target="planned arena + 2 KB"),
+        tflm_arena=dict(tflm, arena_bytes=pl.arena_bytes, arena_within_tflm=pl.arena_bytes <= tflm["head_bytes"]),
         instructions=dict(per_inference=instr, resolution=m["instructions_resolution"],
                           per_effective_mac=round(instr / max(totals["effective_macs"], 1), 3),
                           per_dense_mac=round(instr / max(totals["dense_macs"], 1), 3),
@@ -157,14 +161,21 @@ def _write_run_report(path: Path, report: dict):
 
 
 def generate_firmware(source, board: str = "mps2-an386", out=None, run: bool = False, vectors: int = 200,
-                      limits: Limits = Limits()) -> dict:
+                      limits: Limits = Limits(), layout: str = "make") -> dict:
     src = Path(source)
     tfl, run_dir = _source(src)
     b = get_board(board)
     if vectors < 1:
         raise VeriSparseError(f"--vectors must be at least 1; got {vectors}")
+    if layout not in LAYOUTS:
+        raise VeriSparseError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+    if run and layout != "make":
+        raise VeriSparseError(f"--run builds and runs the Makefile project in QEMU; the {layout} layout holds the "
+                              "model library alone: run once with --layout make (same model.c and kernels)")
+    if layout != "make":
+        vectors = 0  # the test vectors belong to the harness of the make layout
     if run and b.qemu_machine is None:
-        raise VeriSparseError(f"board {b.name} has no emulator; --run needs one of the mps2 boards")
+        raise VeriSparseError(f"board {b.name} has no emulator; --run needs one of the mps2 boards or microbit")
     fw_dir = Path(out) if out is not None else (run_dir or tfl.parent) / "firmware"
     try:
         data = tfl.read_bytes()
@@ -179,12 +190,15 @@ def generate_firmware(source, board: str = "mps2-an386", out=None, run: bool = F
     totals = _totals(rows)
     _check_fits(b, totals, pl, prog, vectors)
 
-    vec = make_vectors(vectors, prog.input.shape[1:] if len(prog.input.shape) > 1 else prog.input.shape,
-                       float(prog.input.scale[0]), int(prog.input.zero_point[0]), run_dir)
-    vh, vc = vectors_c(vec)
-    sources = {"model.h": model_h(prog, pl), "model.c": model_c(prog, pl, tfl.name),
-               "vs_vectors.h": vh, "vs_vectors.c": vc}
-    files = {name: text.encode() for name, text in project_files(b, sources).items()}
+    model = {"model.h": model_h(prog, pl), "model.c": model_c(prog, pl, tfl.name)}
+    if layout == "make":
+        vec = make_vectors(vectors, prog.input.shape[1:] if len(prog.input.shape) > 1 else prog.input.shape,
+                           float(prog.input.scale[0]), int(prog.input.zero_point[0]), run_dir)
+        vh, vc = vectors_c(vec)
+        text_files = project_files(b, {**model, "vs_vectors.h": vh, "vs_vectors.c": vc})
+    else:
+        vec, text_files = [], library_files(layout, b, model)
+    files = {name: text.encode() for name, text in text_files.items()}
     has_fc = any(l.op == "FULLY_CONNECTED" for l in prog.layers)
     relu6_differs = any(l.op == "RELU6" and l.litert_differs for l in prog.layers)
     litert_may_differ = has_fc or relu6_differs
@@ -192,13 +206,14 @@ def generate_firmware(source, board: str = "mps2-an386", out=None, run: bool = F
         source=dict(path=str(tfl), sha256=sha256_file(tfl), bytes=len(data)),
         board=dict(name=b.name, description=b.description, cpu=b.cpu, qemu_machine=b.qemu_machine,
                    flash_bytes=b.flash_bytes, ram_bytes=b.ram_bytes),
-        firmware_dir=str(fw_dir), project_sha256=_project_sha256(files),
+        firmware_dir=str(fw_dir), layout=layout, project_sha256=_project_sha256(files),
         input=dict(shape=list(prog.input.shape), scale=float(prog.input.scale[0]),
                    zero_point=int(prog.input.zero_point[0]), model_quantizes_float_input=prog.float_input),
         output=dict(shape=list(prog.output.shape), scale=float(prog.output.scale[0]),
                     zero_point=int(prog.output.zero_point[0]), model_dequantizes_output=prog.float_output),
         layers=rows, totals=totals,
-        arena=dict(bytes=pl.arena_bytes, lower_bound_bytes=pl.lower_bound_bytes),
+        arena=dict(bytes=pl.arena_bytes, lower_bound_bytes=pl.lower_bound_bytes,
+                   holds="activations, input, output, convolution scratch", in_place_layers=sorted(pl.in_place)),
         interpreter_baseline=dict(flash_bytes=len(data) + TFLM_CORE_BYTES,
                                   how=".tflite size + 16 KB, TFLM's documented minimum core on Cortex-M3"),
         rounding=dict(firmware="TFLite double rounding (TFLM)", fully_connected_note=FC_NOTE if has_fc else None,
@@ -220,7 +235,7 @@ def generate_firmware(source, board: str = "mps2-an386", out=None, run: bool = F
         exact = tflm["differing_bytes"] == 0 and (lite["differing_bytes"] == 0 or litert_may_differ)
         report["exactness"] = dict(board=b.name, vectors=len(vec), tflm=tflm, litert_reference=lite,
                                    litert_must_match=not litert_may_differ, exact=exact)
-        report.update(_measure(fw_dir, b, totals, pl, text))
+        report.update(_measure(fw_dir, b, totals, pl, text, data))
         replace_file(fw_dir, REPORT, _json_bytes(report))
         if run_report is not None:
             _write_run_report(run_report, report)

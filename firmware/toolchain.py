@@ -67,7 +67,7 @@ def parse_measurements(text: str) -> dict:
     if not t or not s:
         raise VeriSparseError("the firmware did not print its measurements")
     empty, model, runs, spin, loops = map(int, t.groups())
-    per_tick = 2 * loops / max(spin - empty, 1)
+    per_tick = 2 * loops / max(spin - empty / runs, 1)  # empty: `runs` pairs of readings, spin: one
     per_inference = (model - empty) * per_tick / runs
     return dict(instructions_per_inference=int(round(per_inference)),
                 instructions_resolution=round(per_tick / runs, 1), instructions_per_tick=round(per_tick, 3),

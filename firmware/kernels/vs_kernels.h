@@ -154,4 +154,10 @@ void vs_concatenation(const vs_concat_params *p, const int8_t *const *in, int8_t
 /* RESHAPE only moves bytes, and only when its output cannot share its input's buffer. */
 void vs_reshape(size_t size, const int8_t *in, int8_t *out);
 
+/* In place (the arena plan, plan.py, relies on it; tests/test_firmware_memory.py replays it):
+ * vs_add, vs_sub, vs_mul, vs_maximum, vs_minimum, vs_rescale, vs_logistic, vs_tanh,
+ * vs_hard_swish and vs_softmax may be called with out equal to an input of the output's size:
+ * they read element i (softmax: row elements) before writing element i and never read an
+ * element after writing it. */
+
 #endif

@@ -1,5 +1,6 @@
 /* The model and kernels on the build machine (make host), under AddressSanitizer and
- * UndefinedBehaviorSanitizer: same test vectors, same "VS-OUT" lines as the firmware. */
+ * UndefinedBehaviorSanitizer: same test vectors, same "VS-OUT" lines as the firmware. It calls
+ * vs_model_run (the copying API); the firmware's harness writes into vs_model_input(). */
 #include <stdint.h>
 #include <stdio.h>
 

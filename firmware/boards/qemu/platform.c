@@ -1,4 +1,4 @@
-/* QEMU mps2 boards: output through Arm semihosting (newlib's rdimon), time from SysTick. */
+/* QEMU boards (mps2, microbit): output through Arm semihosting (newlib's rdimon), time from SysTick. */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>

@@ -1,0 +1,163 @@
+"""The arena plan: input and output inside it, element-wise layers in place. Every plan is replayed
+byte by byte against the kernels' access order (vs_kernels.h): no byte is overwritten while a
+later read still needs it. And the arena is compared with what TFLM's own planner needs for the
+same model."""
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from verisparse.errors import VeriSparseError
+from verisparse.firmware import toolchain
+from verisparse.firmware.generate import generate_firmware
+from verisparse.firmware.lower import lower
+from verisparse.firmware.plan import IN_PLACE, plan
+from verisparse.firmware.tflm_arena import tflm_arena
+from verisparse.tflite_graph import Graph, Operator, Tensor, read_tflite
+
+MLPERF = Path(__file__).resolve().parents[2] / "shared" / "models" / "mlperf-tiny"
+MLPERF_MODELS = ("kws_ref_model.tflite", "pretrainedResnet_quant.tflite", "ad01_int8.tflite")
+
+
+def _replay(prog, pl):
+    """Runs the plan on tags instead of values: each arena byte holds (tensor, element) of what was
+    written there last. Reads must find the tensor they expect; element-wise kernels in place are
+    replayed element by element, the others read all inputs, then write the output (into bytes of
+    none of them), and a convolution's patch buffer is written before it."""
+    g, layers = prog.graph, prog.layers
+    owner = np.full(pl.arena_bytes, -1, np.int64)
+    index = np.full(pl.arena_bytes, -1, np.int64)
+    producer = {}  # a reshape's output holds its input's bytes
+    for k in sorted(pl.skipped):
+        producer[layers[k].output] = producer.get(layers[k].inputs[0], layers[k].inputs[0])
+
+    def span(t):
+        n = int(np.prod(g.tensors[t].shape))
+        return pl.where[t][1], n
+
+    def write(t, lo, hi):
+        off, _ = span(t)
+        owner[off + lo:off + hi], index[off + lo:off + hi] = t, np.arange(lo, hi)
+
+    def check(t, lo, hi, where):
+        off, _ = span(t)
+        want = producer.get(t, t)
+        ok = (owner[off + lo:off + hi] == want).all() and (index[off + lo:off + hi] == np.arange(lo, hi)).all()
+        assert ok, f"{where}: tensor {t} elements {lo}..{hi} were overwritten before they were read"
+
+    write(prog.input.index, 0, span(prog.input.index)[1])
+    for k, l in enumerate(layers):
+        if k in pl.skipped:
+            continue
+        where = f"layer {k} ({l.op}, {l.kernel})"
+        scratch = pl.where.get(("scratch", k))
+        if scratch is not None:
+            owner[scratch[1]:scratch[1] + l.scratch_bytes] = -2
+        n_out = span(l.output)[1]
+        if l.kernel in IN_PLACE and k in pl.in_place:
+            for i in range(n_out):
+                for t in l.inputs:
+                    n = span(t)[1]
+                    check(t, i if n == n_out else 0, i + 1 if n == n_out else n, where)
+                write(l.output, i, i + 1)
+            continue
+        o0 = span(l.output)[0]
+        for t in l.inputs:  # separate buffers: no byte of an input under the output
+            t0, n = span(t)
+            assert o0 + n_out <= t0 or t0 + n <= o0, f"{where}: output overlaps input {t}"
+            check(t, 0, n, where)
+        write(l.output, 0, n_out)
+    check(prog.output.index, 0, span(prog.output.index)[1], "the model's output at the end")
+
+
+def _act(i, shape, scale=0.1, zp=-1):
+    return Tensor(i, f"t{i}", shape, np.dtype(np.int8), np.array([scale]), np.array([zp]), 0, None)
+
+
+def test_input_and_output_in_the_arena_and_element_wise_layers_in_place():
+    """t0 -> RELU -> t1 -> TANH -> t2; ADD(t1, t2) -> t3. RELU may overwrite the model's input (read by
+    nothing later), TANH may not overwrite t1 (ADD reads it), ADD may overwrite t1 or t2."""
+    shape = (1, 4, 4, 2)
+    t = [_act(i, shape) for i in range(4)]
+    ops = [Operator("RELU", [0], [1]), Operator("TANH", [1], [2]),
+           Operator("ADD", [1, 2], [3], dict(fused_activation="NONE"))]
+    prog = lower(Graph(t, ops, [0], [3]))
+    pl = plan(prog)
+    assert pl.in_place == {0, 2}
+    off = {i: pl.where[i][1] for i in range(4)}
+    assert off[1] == off[0] and off[2] != off[1] and off[3] in (off[1], off[2])
+    assert pl.arena_bytes == pl.lower_bound_bytes == 64  # two tensors of 32 bytes, input and output included
+    _replay(prog, pl)
+
+
+def test_zoo_plans_replay_without_a_clobbered_byte():
+    from firmware_zoo import KERAS_MODELS
+    import tempfile
+    with tempfile.TemporaryDirectory() as d:
+        for name, build in KERAS_MODELS.items():
+            if name in ("keras_float", "keras_hybrid", "keras_unsupported"):
+                continue
+            path = Path(d) / f"{name}.tflite"
+            path.write_bytes(build())
+            prog = lower(read_tflite(path))
+            _replay(prog, plan(prog))
+
+
+@pytest.mark.skipif(not MLPERF.is_dir(), reason=f"the MLPerf Tiny models are not in {MLPERF}")
+def test_mlperf_tiny_arenas_are_no_larger_than_tflms_and_replay_cleanly(capsys):
+    """Our arena (activations, input, output, convolution patches) against the head of TFLM's arena
+    (the tensors its planner places) for the same model; printed as a table."""
+    rows = []
+    for name in MLPERF_MODELS:
+        data = (MLPERF / name).read_bytes()
+        prog = lower(read_tflite(MLPERF / name))
+        pl = plan(prog)
+        _replay(prog, pl)
+        tflm = tflm_arena(data, 10 * len(data) + 4 * pl.arena_bytes + (1 << 16))
+        # TFLM's reference CONV_2D reads the input in place; ours gathers each pixel's patch into a
+        # buffer of k_h * k_w * in_c bytes: that buffer is all the arena may hold beyond TFLM's
+        patch = max(l.scratch_bytes for l in prog.layers)
+        assert pl.lower_bound_bytes == pl.arena_bytes <= tflm["head_bytes"] + patch, (name, pl.arena_bytes, tflm)
+        rows.append(f"{name:32s} arena {pl.arena_bytes:6d} B (bound {pl.lower_bound_bytes:6d}, largest patch "
+                    f"buffer {patch:3d})   TFLM planner {tflm['head_bytes']:6d} B, TFLM arena with persistent "
+                    f"data {tflm['total_bytes']:6d} B")
+    with capsys.disabled():
+        print("\n" + "\n".join(rows))
+
+
+def test_replay_catches_a_plan_that_overwrites_bytes_still_needed():
+    """The replay is a real check: an ADD moved one byte up overwrites inputs it has not read yet."""
+    t = [_act(i, (1, 4, 4, 2)) for i in range(3)]
+    prog = lower(Graph(t, [Operator("RELU", [0], [1]), Operator("ADD", [1, 1], [2], dict(fused_activation="NONE"))],
+                       [0], [2]))
+    pl = plan(prog)
+    pl.where[2] = ("arena", pl.where[1][1] + 1)
+    pl.arena_bytes += 1
+    with pytest.raises(AssertionError, match="overwritten before they were read"):
+        _replay(prog, pl)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("arm-none-eabi-gcc") is None, reason="`make test` installs the toolchain")
+@pytest.mark.skipif(not MLPERF.is_dir(), reason=f"the MLPerf Tiny models are not in {MLPERF}")
+def test_mlperf_tiny_ram_is_the_arena_and_little_else(tmp_path, capsys):
+    """The size build (model, kernels, startup; the input and output in the arena): .data + .bss
+    within arena + 2 KB on Cortex-M4 and Cortex-M0."""
+    rows = []
+    for name in MLPERF_MODELS:
+        for board in ("mps2-an386", "microbit"):
+            fw = tmp_path / f"{name}-{board}"
+            try:
+                r = generate_firmware(MLPERF / name, board, fw, vectors=1)
+            except VeriSparseError as e:  # the micro:bit's 16 KB RAM, 256 KB flash: refused with the numbers
+                assert board == "microbit" and "more than microbit's" in str(e), e
+                continue
+            toolchain.make(fw, "size.elf")
+            sec = toolchain.section_sizes(fw / "size.elf")
+            ram = sec.get(".data", 0) + sec.get(".bss", 0)
+            assert ram <= r["arena"]["bytes"] + 2048, (name, board, sec, r["arena"])
+            rows.append(f"{name:32s} {board:11s} .data + .bss {ram:6d} B, arena {r['arena']['bytes']:6d} B")
+    assert len(rows) >= 3
+    with capsys.disabled():
+        print("\n" + "\n".join(rows))
