@@ -1,28 +1,131 @@
-/* DEPTHWISE_CONV_2D: output channel ic * depth_mult + m reads input channel ic only. */
+/* DEPTHWISE_CONV_2D: output channel ic * depth_mult + m reads input channel ic only.
+ *
+ * The bias has the input zero point folded in for every tap, so a tap on padding must read
+ * the zero point itself. Each output pixel first finds the taps that lie inside the image;
+ * a pixel whose window is all inside (the interior) runs without any check, and only the
+ * border pixels test each tap. Channels are innermost: with depth_mult 1 (the usual case)
+ * four neighbouring channels share every load, and with the DSP extension two SMLABB/SMLATT
+ * pairs multiply them. */
 #include "vs_fixedpoint.h"
 #include "vs_kernels.h"
+#include "vs_simd.h"
+
+/* The first and one-past-last tap of a window at position i0 (stride-free start), stepping
+ * by dil, that fall inside [0, size); the window is k taps wide. No division: k is small. */
+static void inside(int i0, int dil, int k, int size, int *first, int *last)
+{
+    int a = 0, b = k;
+    while (a < k && i0 + a * dil < 0) ++a;
+    while (b > a && i0 + (b - 1) * dil >= size) --b;
+    *first = a, *last = b;
+}
+
+typedef struct {
+    const int8_t *in, *weights;
+    int in_w, c, k_w, dil_h, dil_w;
+    int ky0, ky1, kx0, kx1;  /* taps inside the image */
+    int8_t pad;              /* the input zero point */
+} window;
+
+/* sum over the window of weight * input for channel c (depth_mult 1), from acc; in points at
+ * the window's top-left input pixel, which may lie outside the image */
+static int32_t channel_sum(const window *v, const int8_t *in, int c, int32_t acc, int k_h)
+{
+    const int ic = v->c, row = v->in_w * ic, step = v->dil_w * ic, wrow = v->k_w * ic;
+    if (v->ky0 == 0 && v->ky1 == k_h && v->kx0 == 0 && v->kx1 == v->k_w) {
+        for (int ky = 0; ky < k_h; ++ky) {
+            const int8_t *x = in + ky * v->dil_h * row + c, *w = v->weights + ky * wrow + c;
+            for (int kx = 0; kx < v->k_w; ++kx, x += step, w += ic) acc += *w * *x;
+        }
+        return acc;
+    }
+    for (int ky = 0; ky < k_h; ++ky) {
+        const int8_t *x = in + ky * v->dil_h * row + c, *w = v->weights + ky * wrow + c;
+        for (int kx = 0; kx < v->k_w; ++kx, x += step, w += ic) {
+            const int inside_tap = ky >= v->ky0 && ky < v->ky1 && kx >= v->kx0 && kx < v->kx1;
+            acc += *w * (inside_tap ? *x : v->pad);
+        }
+    }
+    return acc;
+}
+
+#if VS_DSP
+/* channels c .. c + 3 at once: one word of input and one of weights per tap, sign-extended
+ * into even and odd channel pairs; `full` is a constant at each call, so the interior's copy
+ * has no test at all */
+static inline __attribute__((always_inline)) void channel_sum4(const window *v, const int8_t *in, int c,
+                                                               int32_t *acc, int k_h, int full)
+{
+    const int ic = v->c, row = v->dil_h * v->in_w * ic, step = v->dil_w * ic, k_w = v->k_w;
+    const int ky0 = v->ky0, ky1 = v->ky1, kx0 = v->kx0, kx1 = v->kx1;
+    const int32_t pad4 = (int32_t)((uint32_t)(uint8_t)v->pad * UINT32_C(0x01010101));
+    int32_t a0 = acc[0], a1 = acc[1], a2 = acc[2], a3 = acc[3];
+    const int8_t *w = v->weights + c;
+    for (int ky = 0; ky < k_h; ++ky) {
+        const int8_t *x = in + ky * row + c;
+        for (int kx = 0; kx < k_w; ++kx, x += step, w += ic) {
+            const int32_t xv = full || (ky >= ky0 && ky < ky1 && kx >= kx0 && kx < kx1) ? vs_read4(x) : pad4;
+            const int32_t wv = vs_read4(w), xe = vs_even16(xv), xo = vs_odd16(xv);
+            const int32_t we = vs_even16(wv), wo = vs_odd16(wv);
+            a0 = __smlabb(we, xe, a0);
+            a2 = __smlatt(we, xe, a2);
+            a1 = __smlabb(wo, xo, a1);
+            a3 = __smlatt(wo, xo, a3);
+        }
+    }
+    acc[0] = a0, acc[1] = a1, acc[2] = a2, acc[3] = a3;
+}
+#endif
 
 void vs_depthwise_conv2d(const vs_depthwise_params *p, const int8_t *weights, const int8_t *in, int8_t *out)
 {
-    for (int oy = 0; oy < p->out_h; ++oy) {
-        for (int ox = 0; ox < p->out_w; ++ox) {
-            const int iy0 = oy * p->stride_h - p->pad_top;
+    const int out_h = p->out_h, out_w = p->out_w, out_c = p->out_c, in_c = p->in_c, k_h = p->k_h;
+    const int mult_d = p->depth_mult, in_w = p->in_w;
+    const int32_t *bias = p->bias, *mult = p->mult;
+    const int8_t *shift = p->shift;
+    const int32_t out_offset = p->out_offset, act_min = p->act_min, act_max = p->act_max;
+    window v = {in, weights, in_w, in_c, p->k_w, p->dil_h, p->dil_w, 0, 0, 0, 0, (int8_t)-p->in_offset};
+    for (int oy = 0; oy < out_h; ++oy) {
+        const int iy0 = oy * p->stride_h - p->pad_top;
+        inside(iy0, v.dil_h, k_h, p->in_h, &v.ky0, &v.ky1);
+        for (int ox = 0; ox < out_w; ++ox) {
             const int ix0 = ox * p->stride_w - p->pad_left;
-            for (int oc = 0; oc < p->out_c; ++oc) {
-                const int ic = oc / p->depth_mult;
-                int32_t acc = p->bias[oc];
-                for (int ky = 0; ky < p->k_h; ++ky) {
-                    const int iy = iy0 + ky * p->dil_h;
-                    for (int kx = 0; kx < p->k_w; ++kx) {
-                        const int ix = ix0 + kx * p->dil_w;
-                        const int32_t w = weights[(ky * p->k_w + kx) * p->out_c + oc];
-                        if (iy < 0 || iy >= p->in_h || ix < 0 || ix >= p->in_w)
-                            acc -= w * p->in_offset;  /* padding: take back the folded term */
-                        else
-                            acc += w * in[(iy * p->in_w + ix) * p->in_c + ic];
-                    }
+            inside(ix0, v.dil_w, v.k_w, in_w, &v.kx0, &v.kx1);
+            /* the window's top-left pixel; only taps inside the image are dereferenced, and
+             * uintptr_t arithmetic keeps an outside address from being formed as a pointer */
+            const int8_t *at = (const int8_t *)((uintptr_t)in + (uintptr_t)(intptr_t)((iy0 * in_w + ix0) * in_c));
+            if (mult_d == 1) {
+                int c = 0;
+#if VS_DSP
+                const int full = v.ky0 == 0 && v.ky1 == k_h && v.kx0 == 0 && v.kx1 == v.k_w;
+                for (; c + 4 <= out_c; c += 4) {
+                    int32_t acc[4] = {bias[c], bias[c + 1], bias[c + 2], bias[c + 3]};
+                    if (full)
+                        channel_sum4(&v, at, c, acc, k_h, 1);
+                    else
+                        channel_sum4(&v, at, c, acc, k_h, 0);
+                    for (int j = 0; j < 4; ++j)
+                        *out++ = vs_requantize(acc[j], mult[c + j], shift[c + j], out_offset, act_min, act_max);
                 }
-                *out++ = vs_requantize(acc, p->mult[oc], p->shift[oc], p->out_offset, p->act_min, p->act_max);
+#endif
+                for (; c < out_c; ++c)
+                    *out++ = vs_requantize(channel_sum(&v, at, c, bias[c], k_h), mult[c], shift[c], out_offset,
+                                           act_min, act_max);
+                continue;
+            }
+            for (int ic = 0, oc = 0; ic < in_c; ++ic) {
+                for (int m = 0; m < mult_d; ++m, ++oc) {
+                    int32_t acc = bias[oc];
+                    for (int ky = 0; ky < k_h; ++ky) {
+                        for (int kx = 0; kx < v.k_w; ++kx) {
+                            const int inside_tap = ky >= v.ky0 && ky < v.ky1 && kx >= v.kx0 && kx < v.kx1;
+                            const int32_t x = inside_tap
+                                ? in[((iy0 + ky * v.dil_h) * in_w + ix0 + kx * v.dil_w) * in_c + ic] : v.pad;
+                            acc += weights[(ky * v.k_w + kx) * out_c + oc] * x;
+                        }
+                    }
+                    *out++ = vs_requantize(acc, mult[oc], shift[oc], out_offset, act_min, act_max);
+                }
             }
         }
     }
