@@ -118,8 +118,10 @@ void vs_conv2d(const vs_conv_params *p, const int8_t *weights, const int8_t *in,
             for (; oc + 4 <= out_c; oc += 4, w += 4 * n) {
                 int32_t acc[4] = {bias[oc], bias[oc + 1], bias[oc + 2], bias[oc + 3]};
                 dot4(x, w, n, acc);
-                for (int j = 0; j < 4; ++j)
-                    *out++ = vs_requantize(acc[j], mult[oc + j], shift[oc + j], out_offset, act_min, act_max);
+                *out++ = vs_requantize(acc[0], mult[oc], shift[oc], out_offset, act_min, act_max);
+                *out++ = vs_requantize(acc[1], mult[oc + 1], shift[oc + 1], out_offset, act_min, act_max);
+                *out++ = vs_requantize(acc[2], mult[oc + 2], shift[oc + 2], out_offset, act_min, act_max);
+                *out++ = vs_requantize(acc[3], mult[oc + 3], shift[oc + 3], out_offset, act_min, act_max);
             }
             for (; oc < out_c; ++oc, w += n)
                 *out++ = vs_requantize(dot1(x, w, n, bias[oc]), mult[oc], shift[oc], out_offset, act_min, act_max);

@@ -104,8 +104,10 @@ void vs_depthwise_conv2d(const vs_depthwise_params *p, const int8_t *weights, co
                         channel_sum4(&v, at, c, acc, k_h, 1);
                     else
                         channel_sum4(&v, at, c, acc, k_h, 0);
-                    for (int j = 0; j < 4; ++j)
-                        *out++ = vs_requantize(acc[j], mult[c + j], shift[c + j], out_offset, act_min, act_max);
+                    *out++ = vs_requantize(acc[0], mult[c], shift[c], out_offset, act_min, act_max);
+                    *out++ = vs_requantize(acc[1], mult[c + 1], shift[c + 1], out_offset, act_min, act_max);
+                    *out++ = vs_requantize(acc[2], mult[c + 2], shift[c + 2], out_offset, act_min, act_max);
+                    *out++ = vs_requantize(acc[3], mult[c + 3], shift[c + 3], out_offset, act_min, act_max);
                 }
 #endif
                 for (; c < out_c; ++c)
