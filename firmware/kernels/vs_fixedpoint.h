@@ -30,19 +30,25 @@ static inline int32_t vs_mbqm(int32_t x, int32_t mult, int32_t shift)
     return (high >> right) + ((high & mask) > threshold);
 }
 
-/* Requantize an int32 accumulator to int8: scale, add the output zero point, clamp to the
- * fused activation's range (which lies inside [-128, 127]). The multipliers of weighted layers
- * are never negative (lower.py refuses any outside [0, 2^31)), so the one saturating product
- * of vs_mbqm cannot occur and its test is left out. */
-static inline int8_t vs_requantize(int32_t acc, int32_t mult, int32_t shift, int32_t out_offset,
-                                   int32_t act_min, int32_t act_max)
+/* vs_mbqm for a multiplier that is not negative, as every multiplier lower.py computes is
+ * (it refuses any outside [0, 2^31)): the one product that saturates needs mult = INT32_MIN,
+ * so its test is left out. */
+static inline int32_t vs_mbqm_pos(int32_t x, int32_t mult, int32_t shift)
 {
     const int32_t left = shift > 0 ? shift : 0;
     const int32_t right = shift > 0 ? 0 : -shift;
-    const int64_t ab = (int64_t)(int32_t)((uint32_t)acc << left) * mult;
+    const int64_t ab = (int64_t)(int32_t)((uint32_t)x << left) * mult;
     const int32_t high = (int32_t)((ab + (INT64_C(1) << 30)) >> 31);
     const int32_t mask = (int32_t)((UINT32_C(1) << right) - 1);
-    int32_t v = (high >> right) + ((high & mask) > (mask >> 1) + (high < 0)) + out_offset;
+    return (high >> right) + ((high & mask) > (mask >> 1) + (high < 0));
+}
+
+/* Requantize an int32 accumulator to int8: scale, add the output zero point, clamp to the
+ * fused activation's range (which lies inside [-128, 127]). */
+static inline int8_t vs_requantize(int32_t acc, int32_t mult, int32_t shift, int32_t out_offset,
+                                   int32_t act_min, int32_t act_max)
+{
+    int32_t v = vs_mbqm_pos(acc, mult, shift) + out_offset;
     v = v < act_min ? act_min : v;
     v = v > act_max ? act_max : v;
     return (int8_t)v;
