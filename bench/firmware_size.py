@@ -6,20 +6,34 @@ given sparsity), exports model_int8.tflite, generates the firmware, runs it in Q
 -icount shift=0 and checks it byte for byte against TFLM and LiteRT. Prints a Markdown
 table beside the interpreter baseline (.tflite + 16 KB, TFLM's documented minimum core on
 Cortex-M3), and the targets: flash <= 1.15 x (non-zero weights + biases + sparse indices)
-+ 4 KB, RAM <= arena + 2 KB. Runs are kept in --out and reused. Usage:
++ 4 KB, RAM <= arena + 2 KB. Runs are kept in --out and reused.
+
+Then the MLPerf Tiny reference models (--mlperf DIR, default ../shared/models/mlperf-tiny):
+instructions per inference, flash, RAM and exactness on Cortex-M4, and instructions per MAC of
+each weighted op kind, measured layer by layer (bench/firmware_profile.py). A CMSIS-NN column
+is not measured yet: no harness runs CMSIS-NN here. Usage:
 
     .venv/bin/python bench/firmware_size.py [--epochs 4] [--out bench-runs/firmware] [--vectors 200]
+        [--mlperf DIR] [--skip-cnn]
 """
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
+import numpy as np
+
 import torch
 
+from firmware_profile import layer_instructions
 from verisparse.exporter.export import export_run
 from verisparse.files import read_jsonl
 from verisparse.firmware.generate import generate_firmware
+from verisparse.firmware.lower import lower
+from verisparse.tflite_graph import read_tflite
+
+MLPERF = Path(__file__).resolve().parents[2] / "shared" / "models" / "mlperf-tiny"
+WEIGHTED = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
 from verisparse.trainer.train import TrainConfig, train
 
 CONFIGS = [("dense", dict(baseline="dense"))] + [
@@ -35,13 +49,58 @@ def _row(name, r):
             f"| {e['tflm']['identical_vectors']}/{e['vectors']} |")
 
 
+def _mlperf_rows(models: list[Path], out: Path, vectors: int) -> tuple[list[str], list[str]]:
+    """one row per model, and one per (model, op kind) with instructions per MAC"""
+    rows, ops = [], []
+    for src in models:
+        r = generate_firmware(src, "mps2-an386", out / src.stem, run=True, vectors=vectors)
+        e, i = r["exactness"], r["instructions"]["per_inference"]
+        rows.append(f"| {src.name} | {r['totals']['dense_macs']} | {i} | {i / r['totals']['dense_macs']:.2f} "
+                    f"| {r['flash']['bytes']} | {r['ram']['bytes']} | {r['ram']['arena_bytes']} "
+                    f"| {e['tflm']['identical_vectors']}/{e['vectors']} |")
+        per_layer = layer_instructions(out / src.stem)
+        kinds: dict[str, list[int]] = {}
+        lowered = lower(read_tflite(src)).layers
+        for layer, low, (_, n) in zip(r["layers"], lowered, per_layer):
+            kind = layer["op"]
+            if kind == "CONV_2D":
+                kind += f" {low.params['k_h']}x{low.params['k_w']}"
+            k = kinds.setdefault(kind, [0, 0])
+            k[0] += n
+            k[1] += layer.get("dense_macs") or int(np.prod(layer["output_shape"]))
+        for kind, (n, work) in sorted(kinds.items()):
+            unit = "MAC" if kind.split()[0] in WEIGHTED else "output element"
+            ops.append(f"| {src.name} | {kind} | {n} | {work} | {n / work:.2f} per {unit} |")
+    return rows, ops
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--out", default="bench-runs/firmware")
     ap.add_argument("--vectors", type=int, default=200)
+    ap.add_argument("--mlperf", type=Path, default=MLPERF, help="folder of MLPerf Tiny .tflite models")
+    ap.add_argument("--skip-cnn", action="store_true", help="only the MLPerf Tiny models")
     args = ap.parse_args()
     torch.set_num_threads(2)
+    if not args.skip_cnn:
+        _cnn_table(args)
+    models = sorted(args.mlperf.glob("*.tflite")) if args.mlperf.is_dir() else []
+    if not models:
+        print(f"\nMLPerf Tiny: skipped, no .tflite models in {args.mlperf}")
+        return
+    rows, ops = _mlperf_rows(models, Path(args.out) / "mlperf-tiny", args.vectors)
+    print("\nMLPerf Tiny reference models on Cortex-M4 (qemu-system-arm mps2-an386, -icount shift=0), "
+          "arm-none-eabi-gcc -O2, DSP kernels; CMSIS-NN column: not measured (no harness yet).\n")
+    print("| model | MACs | instructions | instr / MAC | flash B | RAM B | arena B | exact vs TFLM |")
+    print("|" + "---|" * 8)
+    print("\n".join(rows))
+    print("\n| model | op | instructions | MACs or elements | instructions per |")
+    print("|" + "---|" * 5)
+    print("\n".join(ops))
+
+
+def _cnn_table(args):
     rows = []
     for name, kw in CONFIGS:
         run = Path(args.out) / name.replace(" ", "-")
