@@ -50,30 +50,65 @@ static int32_t channel_sum(const window *v, const int8_t *in, int c, int32_t acc
 }
 
 #if VS_DSP
-/* channels c .. c + 3 at once: one word of input and one of weights per tap, sign-extended
- * into even and odd channel pairs; `full` is a constant at each call, so the interior's copy
- * has no test at all */
-static inline __attribute__((always_inline)) void channel_sum4(const window *v, const int8_t *in, int c,
-                                                               int32_t *acc, int k_h, int full)
+/* Taps in a rectangle of the window for channels c .. c + 3 at once: one word of input and one
+ * of weights per tap, sign-extended into even and odd channel pairs. */
+static inline __attribute__((always_inline)) void rect4(const int8_t *x, const int8_t *w, int rows, int cols,
+                                                        int xrow, int xstep, int wrow, int wstep, int32_t *a)
 {
-    const int ic = v->c, row = v->dil_h * v->in_w * ic, step = v->dil_w * ic, k_w = v->k_w;
-    const int ky0 = v->ky0, ky1 = v->ky1, kx0 = v->kx0, kx1 = v->kx1;
-    const int32_t pad4 = (int32_t)((uint32_t)(uint8_t)v->pad * UINT32_C(0x01010101));
-    int32_t a0 = acc[0], a1 = acc[1], a2 = acc[2], a3 = acc[3];
-    const int8_t *w = v->weights + c;
-    for (int ky = 0; ky < k_h; ++ky) {
-        const int8_t *x = in + ky * row + c;
-        for (int kx = 0; kx < k_w; ++kx, x += step, w += ic) {
-            const int32_t xv = full || (ky >= ky0 && ky < ky1 && kx >= kx0 && kx < kx1) ? vs_read4(x) : pad4;
-            const int32_t wv = vs_read4(w), xe = vs_even16(xv), xo = vs_odd16(xv);
-            const int32_t we = vs_even16(wv), wo = vs_odd16(wv);
+    int32_t a0 = a[0], a1 = a[1], a2 = a[2], a3 = a[3];
+    for (int r = 0; r < rows; ++r, w += wrow, x += xrow) {
+        const int8_t *wt = w, *xt = x;
+        for (int k = 0; k < cols; ++k, wt += wstep, xt += xstep) {
+            const int32_t wv = vs_read4(wt), we = vs_even16(wv), wo = vs_odd16(wv);
+            const int32_t xv = vs_read4(xt), xe = vs_even16(xv), xo = vs_odd16(xv);
             a0 = __smlabb(we, xe, a0);
             a2 = __smlatt(we, xe, a2);
             a1 = __smlabb(wo, xo, a1);
             a3 = __smlatt(wo, xo, a3);
         }
     }
-    acc[0] = a0, acc[1] = a1, acc[2] = a2, acc[3] = a3;
+    a[0] = a0, a[1] = a1, a[2] = a2, a[3] = a3;
+}
+
+/* The same for taps on padding, which read the zero point (pad16: it in both halves) */
+static void pad_rect4(const int8_t *w, int rows, int cols, int wrow, int wstep, int32_t pad16, int32_t *a)
+{
+    int32_t a0 = a[0], a1 = a[1], a2 = a[2], a3 = a[3];
+    for (int r = 0; r < rows; ++r, w += wrow) {
+        const int8_t *wt = w;
+        for (int k = 0; k < cols; ++k, wt += wstep) {
+            const int32_t wv = vs_read4(wt), we = vs_even16(wv), wo = vs_odd16(wv);
+            a0 = __smlabb(we, pad16, a0);
+            a2 = __smlatt(we, pad16, a2);
+            a1 = __smlabb(wo, pad16, a1);
+            a3 = __smlatt(wo, pad16, a3);
+        }
+    }
+    a[0] = a0, a[1] = a1, a[2] = a2, a[3] = a3;
+}
+
+/* The whole window for channels c .. c + 3: the taps inside the image, then the padding
+ * around them (top rows, bottom rows, and left and right of the rows between), so no tap
+ * is tested; an interior pixel has no padding rectangles at all. */
+static inline __attribute__((always_inline)) void channel_sum4(const window *v, const int8_t *in, int c, int32_t *acc, int k_h)
+{
+    const int ic = v->c, row = v->dil_h * v->in_w * ic, step = v->dil_w * ic, k_w = v->k_w, wrow = k_w * ic;
+    const int ky0 = v->ky0, ky1 = v->ky1, kx0 = v->kx0, kx1 = v->kx1;
+    const int8_t *w = v->weights + c;
+    if (ky0 == 0 && ky1 == k_h && kx0 == 0 && kx1 == k_w) {
+        /* the interior; 3x3, the common filter, with constant trip counts the compiler unrolls */
+        if (k_h == 3 && k_w == 3)
+            rect4(in + c, w, 3, 3, row, step, wrow, ic, acc);
+        else
+            rect4(in + c, w, k_h, k_w, row, step, wrow, ic, acc);
+        return;
+    }
+    rect4(in + ky0 * row + kx0 * step + c, w + ky0 * wrow + kx0 * ic, ky1 - ky0, kx1 - kx0, row, step, wrow, ic, acc);
+    const int32_t pad16 = (int32_t)(((uint32_t)(uint16_t)v->pad << 16) | (uint16_t)v->pad);
+    pad_rect4(w, ky0, k_w, wrow, ic, pad16, acc);
+    pad_rect4(w + ky1 * wrow, k_h - ky1, k_w, wrow, ic, pad16, acc);
+    pad_rect4(w + ky0 * wrow, ky1 - ky0, kx0, wrow, ic, pad16, acc);
+    pad_rect4(w + ky0 * wrow + kx1 * ic, ky1 - ky0, k_w - kx1, wrow, ic, pad16, acc);
 }
 #endif
 
@@ -97,13 +132,9 @@ void vs_depthwise_conv2d(const vs_depthwise_params *p, const int8_t *weights, co
             if (mult_d == 1) {
                 int c = 0;
 #if VS_DSP
-                const int full = v.ky0 == 0 && v.ky1 == k_h && v.kx0 == 0 && v.kx1 == v.k_w;
                 for (; c + 4 <= out_c; c += 4) {
                     int32_t acc[4] = {bias[c], bias[c + 1], bias[c + 2], bias[c + 3]};
-                    if (full)
-                        channel_sum4(&v, at, c, acc, k_h, 1);
-                    else
-                        channel_sum4(&v, at, c, acc, k_h, 0);
+                    channel_sum4(&v, at, c, acc, k_h);
                     *out++ = vs_requantize(acc[0], mult[c], shift[c], out_offset, act_min, act_max);
                     *out++ = vs_requantize(acc[1], mult[c + 1], shift[c + 1], out_offset, act_min, act_max);
                     *out++ = vs_requantize(acc[2], mult[c + 2], shift[c + 2], out_offset, act_min, act_max);
