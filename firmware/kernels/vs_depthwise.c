@@ -71,7 +71,7 @@ static inline __attribute__((always_inline)) void rect4(const int8_t *x, const i
 }
 
 /* The same for taps on padding, which read the zero point (pad16: it in both halves) */
-static void pad_rect4(const int8_t *w, int rows, int cols, int wrow, int wstep, int32_t pad16, int32_t *a)
+static inline __attribute__((always_inline)) void pad_rect4(const int8_t *w, int rows, int cols, int wrow, int wstep, int32_t pad16, int32_t *a)
 {
     int32_t a0 = a[0], a1 = a[1], a2 = a[2], a3 = a[3];
     for (int r = 0; r < rows; ++r, w += wrow) {
@@ -87,6 +87,34 @@ static void pad_rect4(const int8_t *w, int rows, int cols, int wrow, int wstep, 
     a[0] = a0, a[1] = a1, a[2] = a2, a[3] = a3;
 }
 
+/* one tap of four channels: x and w are the input and weight words */
+#define VS_TAP4(xv, wv)                                                  \
+    do {                                                                 \
+        const int32_t x_ = (xv), w_ = (wv);                              \
+        const int32_t xe = vs_even16(x_), xo = vs_odd16(x_);             \
+        const int32_t we = vs_even16(w_), wo = vs_odd16(w_);             \
+        a0 = __smlabb(we, xe, a0);                                       \
+        a2 = __smlatt(we, xe, a2);                                       \
+        a1 = __smlabb(wo, xo, a1);                                       \
+        a3 = __smlatt(wo, xo, a3);                                       \
+    } while (0)
+
+/* An interior 3x3 window, unrolled: every tap is two loads at register offsets, no pointer
+ * or counter updates between them. */
+static inline __attribute__((always_inline)) void window3x3(const int8_t *x, const int8_t *w, int row, int step,
+                                                            int ic, int32_t *a)
+{
+    int32_t a0 = a[0], a1 = a[1], a2 = a[2], a3 = a[3];
+    const int step2 = 2 * step, ic2 = 2 * ic;
+    for (int r = 0; r < 3; ++r, x += row, w += 3 * ic) {
+        VS_TAP4(vs_read4(x), vs_read4(w));
+        VS_TAP4(vs_read4(x + step), vs_read4(w + ic));
+        VS_TAP4(vs_read4(x + step2), vs_read4(w + ic2));
+    }
+    a[0] = a0, a[1] = a1, a[2] = a2, a[3] = a3;
+}
+#undef VS_TAP4
+
 /* The whole window for channels c .. c + 3: the taps inside the image, then the padding
  * around them (top rows, bottom rows, and left and right of the rows between), so no tap
  * is tested; an interior pixel has no padding rectangles at all. */
@@ -98,7 +126,7 @@ static inline __attribute__((always_inline)) void channel_sum4(const window *v, 
     if (ky0 == 0 && ky1 == k_h && kx0 == 0 && kx1 == k_w) {
         /* the interior; 3x3, the common filter, with constant trip counts the compiler unrolls */
         if (k_h == 3 && k_w == 3)
-            rect4(in + c, w, 3, 3, row, step, wrow, ic, acc);
+            window3x3(in + c, w, row, step, ic, acc);
         else
             rect4(in + c, w, k_h, k_w, row, step, wrow, ic, acc);
         return;
