@@ -45,7 +45,7 @@ class Layer:
     params: dict  # scalar fields of the C params struct
     arrays: dict = field(default_factory=dict)  # name -> numpy array, emitted as const C arrays
     sparse: SparseWeights | None = None
-    scratch_bytes: int = 0  # vs_conv2d_buffer_size: the input patch, planned in the arena
+    scratch_bytes: int = 0  # vs_conv2d_buffer_size / vs_depthwise_conv2d_buffer_size, planned in the arena
     dense_weight_bytes: int = 0
     stored_weight_bytes: int = 0
     nonzero_weights: int = 0
@@ -218,8 +218,13 @@ def _depthwise(g, k, op):
                   **_window(o, kh, kw, h, wd, oh, ow, where), in_offset=in_offset, out_offset=int(y.zero_point[0]),
                   act_min=lo, act_max=hi)
     nnz = int(np.count_nonzero(w.data))
+    # vs_depthwise_conv2d_buffer_size: one window, when some window reaches over the border
+    p = params
+    border = (p["pad_top"] or p["pad_left"] or (oh - 1) * p["stride_h"] + (kh - 1) * p["dil_h"] - p["pad_top"] >= h
+              or (ow - 1) * p["stride_w"] + (kw - 1) * p["dil_w"] - p["pad_left"] >= wd)
     return Layer("vs_depthwise_conv2d", op.opcode, [x.index], y.index, params,
                  dict(weights=w.data.reshape(kh, kw, oc), bias=bias, mult=mult, shift=shift.astype(np.int8)),
+                 scratch_bytes=kh * kw * c if border else 0,
                  dense_weight_bytes=w.data.size, stored_weight_bytes=w.data.size, nonzero_weights=nnz,
                  dense_macs=oh * ow * w.data.size, effective_macs=oh * ow * nnz)
 

@@ -147,8 +147,30 @@ static inline __attribute__((always_inline)) void dot2x2(const int8_t *x, const 
     acc[0] = a00, acc[1] = a01, acc[2] = a10, acc[3] = a11;
 }
 
+/* Every output channel of one pixel: four at a time against the patch x, then one at a time */
+static inline __attribute__((always_inline)) int8_t *one_pixel(const vs_conv_params *p, const int8_t *x,
+                                                               const int8_t *w, int n, int8_t *out)
+{
+    const int out_c = p->out_c;
+    const int32_t *bias = p->bias, *mult = p->mult;
+    const int8_t *shift = p->shift;
+    const int32_t out_offset = p->out_offset, act_min = p->act_min, act_max = p->act_max;
+    int oc = 0;
+    for (; oc + 4 <= out_c; oc += 4, w += 4 * n) {
+        int32_t acc[4] = {bias[oc], bias[oc + 1], bias[oc + 2], bias[oc + 3]};
+        dot4(x, w, n, acc);
+        *out++ = vs_requantize(acc[0], mult[oc], shift[oc], out_offset, act_min, act_max);
+        *out++ = vs_requantize(acc[1], mult[oc + 1], shift[oc + 1], out_offset, act_min, act_max);
+        *out++ = vs_requantize(acc[2], mult[oc + 2], shift[oc + 2], out_offset, act_min, act_max);
+        *out++ = vs_requantize(acc[3], mult[oc + 3], shift[oc + 3], out_offset, act_min, act_max);
+    }
+    for (; oc < out_c; ++oc, w += n)
+        *out++ = vs_requantize(dot1(x, w, n, bias[oc]), mult[oc], shift[oc], out_offset, act_min, act_max);
+    return out;
+}
+
 /* Pointwise convolution (1x1, stride 1, no padding): the image is a matrix of pixels, taken
- * two at a time; an odd last pixel or channel goes through dot1. */
+ * two at a time; an odd last pixel goes through one_pixel, an odd last channel through dot1. */
 static void pointwise(const vs_conv_params *p, const int8_t *weights, const int8_t *in, int8_t *out)
 {
     const int n = p->in_c, out_c = p->out_c, pixels = p->out_h * p->out_w;
@@ -173,52 +195,38 @@ static void pointwise(const vs_conv_params *p, const int8_t *weights, const int8
                                             act_max);
         }
     }
-    if (px < pixels) {
-        const int8_t *w = weights;
-        for (int oc = 0; oc < out_c; ++oc, w += n)
-            out[oc] = vs_requantize(dot1(in, w, n, bias[oc]), mult[oc], shift[oc], out_offset, act_min, act_max);
-    }
+    if (px < pixels) one_pixel(p, in, weights, n, out);
 }
 #endif
 
 void vs_conv2d(const vs_conv_params *p, const int8_t *weights, const int8_t *in, int8_t *out, int8_t *buffer)
 {
-    const int n = p->k_h * p->k_w * p->in_c, out_h = p->out_h, out_w = p->out_w, out_c = p->out_c;
-    const int32_t *bias = p->bias, *mult = p->mult;
-    const int8_t *shift = p->shift;
-    const int32_t out_offset = p->out_offset, act_min = p->act_min, act_max = p->act_max;
+    const int n = p->k_h * p->k_w * p->in_c, out_h = p->out_h, out_w = p->out_w;
 #if VS_DSP
     if (p->k_h == 1 && p->k_w == 1 && p->stride_h == 1 && p->stride_w == 1 && p->pad_top == 0 && p->pad_left == 0 &&
         p->in_h == out_h && p->in_w == out_w) {
         pointwise(p, weights, in, out);
         return;
     }
-#endif
+    for (int oy = 0; oy < out_h; ++oy)
+        for (int ox = 0; ox < out_w; ++ox) out = one_pixel(p, patch(p, in, oy, ox, buffer), weights, n, out);
+#else
+    const int out_c = p->out_c;
+    const int32_t *bias = p->bias, *mult = p->mult;
+    const int8_t *shift = p->shift;
+    const int32_t out_offset = p->out_offset, act_min = p->act_min, act_max = p->act_max;
     for (int oy = 0; oy < out_h; ++oy) {
         for (int ox = 0; ox < out_w; ++ox) {
             const int8_t *x = patch(p, in, oy, ox, buffer);
             const int8_t *w = weights;
-            int oc = 0;
-#if VS_DSP
-            for (; oc + 4 <= out_c; oc += 4, w += 4 * n) {
-                int32_t acc[4] = {bias[oc], bias[oc + 1], bias[oc + 2], bias[oc + 3]};
-                dot4(x, w, n, acc);
-                *out++ = vs_requantize(acc[0], mult[oc], shift[oc], out_offset, act_min, act_max);
-                *out++ = vs_requantize(acc[1], mult[oc + 1], shift[oc + 1], out_offset, act_min, act_max);
-                *out++ = vs_requantize(acc[2], mult[oc + 2], shift[oc + 2], out_offset, act_min, act_max);
-                *out++ = vs_requantize(acc[3], mult[oc + 3], shift[oc + 3], out_offset, act_min, act_max);
-            }
-            for (; oc < out_c; ++oc, w += n)
-                *out++ = vs_requantize(dot1(x, w, n, bias[oc]), mult[oc], shift[oc], out_offset, act_min, act_max);
-#else
-            for (; oc < out_c; ++oc, w += n) {
+            for (int oc = 0; oc < out_c; ++oc, w += n) {
                 int32_t acc = bias[oc];
                 for (int i = 0; i < n; ++i) acc += w[i] * x[i];
                 *out++ = vs_requantize(acc, mult[oc], shift[oc], out_offset, act_min, act_max);
             }
-#endif
         }
     }
+#endif
 }
 
 void vs_conv2d_sparse(const vs_conv_params *p, const vs_sparse *weights, const int8_t *in, int8_t *out,

@@ -41,7 +41,7 @@ static inline int32_t vs_mbqm(int32_t x, int32_t mult, int32_t shift)
  * The top word of the 64-bit sum, shifted by r - 1, is the result. */
 static inline int32_t vs_mbqm_pos(int32_t x, int32_t mult, int32_t shift)
 {
-    if (shift < 0) {
+    if (__builtin_expect(shift < 0, 1)) { /* the usual case: M < 1/2 */
         const uint32_t c = (UINT32_C(1) << (-shift - 1)) - ((uint32_t)x >> 31);
         const int64_t bias = (int64_t)(((uint64_t)(c >> 1) << 32) | ((c & 1u) << 31) | (UINT32_C(1) << 30));
         const int64_t z = (int64_t)x * mult + bias;
