@@ -204,7 +204,8 @@ def write_project(src: Path, ours: Path, out: Path, cmsis: Path) -> Path:
     # hard-float code may touch the FPU (printf in newlib's hard-float library): enable it first
     platform = (ours / "platform.c").read_text().replace(
         "void vs_platform_init(void)\n{\n",
-        "void vs_platform_init(void)\n{\n    *(volatile uint32_t *)0xE000ED88u |= 0xFu << 20;  /* CPACR: CP10, CP11 */\n",
+        "void vs_platform_init(void)\n{\n"
+        "    *(volatile uint32_t *)0xE000ED88u |= 0xFu << 20;  /* CPACR: CP10, CP11 */\n",
         1)
     platform += ('\nvoid vs_cmsis_report(const char *what, long n)\n{\n'
                  '    printf("VS-CMSIS-%s %ld\\n", what, n);\n}\n')

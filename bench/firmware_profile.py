@@ -16,7 +16,8 @@ from verisparse.firmware import toolchain
 MARK = "    vs_prof_mark();\n"
 PRINT = """
     printf("VS-PROF %u", (unsigned)vs_prof_count);
-    for (unsigned k = 1; k < vs_prof_count; ++k) printf(" %lu", (unsigned long)(vs_prof_ticks[k] - vs_prof_ticks[k - 1]));
+    for (unsigned k = 1; k < vs_prof_count; ++k)
+        printf(" %lu", (unsigned long)(vs_prof_ticks[k] - vs_prof_ticks[k - 1]));
     printf("\\n");
 """
 GLOBALS = """
@@ -59,4 +60,4 @@ def layer_instructions(fw_dir: Path) -> list[tuple[str, int]]:
     ticks = [int(t) for t in m.group(2).split()]
     # the last interval holds only the marks' own cost: take it off every layer
     empty = ticks[-1]
-    return [(c, int(round((t - empty) * per_tick))) for c, t in zip(calls, ticks[:-1])]
+    return [(c, max(0, int(round((t - empty) * per_tick)))) for c, t in zip(calls, ticks[:-1])]

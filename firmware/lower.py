@@ -163,8 +163,12 @@ def _conv_like(g, k, op, x, w, y, geometry) -> Layer:
                   nonzero_weights=nnz, dense_macs=pixels * w4.size, effective_macs=pixels * nnz)
     if not sparse:
         layer.arrays["weights"] = w4
-    if (geometry["k_h"], geometry["k_w"]) != (1, 1):
-        layer.scratch_bytes = w4[0].size
+    # vs_conv2d_buffer_size: two patches side by side, none for a pointwise convolution
+    g_ = geometry
+    pointwise = ([g_[f] for f in ("k_h", "k_w", "stride_h", "stride_w", "pad_top", "pad_left")] == [1, 1, 1, 1, 0, 0]
+                 and (g_["in_h"], g_["in_w"]) == (g_["out_h"], g_["out_w"]))
+    if not pointwise:
+        layer.scratch_bytes = 2 * w4[0].size
     return layer
 
 

@@ -260,7 +260,8 @@ def test_single_product_requantization_matches_the_definition(tmp_path):
     src = tmp_path / "mbqm.c"
     src.write_text('#include <stdio.h>\n#include "vs_fixedpoint.h"\nint main(void)\n{\n    long x, m, s;\n'
                    '    while (scanf("%ld %ld %ld", &x, &m, &s) == 3)\n'
-                   '        printf("%ld\\n", (long)vs_mbqm_pos((int32_t)x, (int32_t)m, (int32_t)s));\n    return 0;\n}\n')
+                   '        printf("%ld\\n", (long)vs_mbqm_pos((int32_t)x, (int32_t)m, (int32_t)s));\n'
+                   '    return 0;\n}\n')
     kernels = Path(__file__).resolve().parents[1] / "firmware" / "kernels"
     exe = tmp_path / "mbqm"
     subprocess.run(["gcc", "-std=c99", "-O1", "-fsanitize=address,undefined", "-fno-sanitize-recover=all",

@@ -1,6 +1,8 @@
 /* CONV_2D with dense or sparse weights (FULLY_CONNECTED runs here as a 1x1 convolution).
  * For each output pixel the input patch is gathered once (im2col, as CMSIS-NN does) and
- * every output channel is a dot product with it.
+ * every output channel is a dot product with it. With the DSP extension two pixels' patches
+ * go side by side and each pass multiplies them with two output channels (SMLAD), so every
+ * weight and input word is loaded and sign-extended once for two products.
  *
  * The params are read into locals first: every int8 store may alias them as far as the
  * compiler knows, which would otherwise reload each field once per output. */
@@ -10,9 +12,17 @@
 #include "vs_kernels.h"
 #include "vs_simd.h"
 
+/* A pointwise convolution (1x1, stride 1, no padding) reads its patches where they are: the
+ * image is a matrix of pixels in_c bytes apart. */
+static int is_pointwise(const vs_conv_params *p)
+{
+    return p->k_h == 1 && p->k_w == 1 && p->stride_h == 1 && p->stride_w == 1 && p->pad_top == 0 &&
+           p->pad_left == 0 && p->in_h == p->out_h && p->in_w == p->out_w;
+}
+
 size_t vs_conv2d_buffer_size(const vs_conv_params *p)
 {
-    return p->k_h == 1 && p->k_w == 1 ? 0 : (size_t)p->k_h * p->k_w * p->in_c;
+    return is_pointwise(p) ? 0 : (size_t)2 * p->k_h * p->k_w * p->in_c;
 }
 
 /* The patch under output pixel (oy, ox), [k_h][k_w][in_c]; padding reads as the input
@@ -169,47 +179,56 @@ static inline __attribute__((always_inline)) int8_t *one_pixel(const vs_conv_par
     return out;
 }
 
-/* Pointwise convolution (1x1, stride 1, no padding): the image is a matrix of pixels, taken
- * two at a time; an odd last pixel goes through one_pixel, an odd last channel through dot1. */
-static void pointwise(const vs_conv_params *p, const int8_t *weights, const int8_t *in, int8_t *out)
+/* Every output channel of two pixels whose patches lie n bytes apart (x and x + n): two
+ * channels at a time through dot2x2, an odd last one through dot1. out: the first pixel's
+ * outputs, the second's follow. */
+static inline __attribute__((always_inline)) void two_pixels(const vs_conv_params *p, const int8_t *x,
+                                                             const int8_t *w, int n, int8_t *out)
 {
-    const int n = p->in_c, out_c = p->out_c, pixels = p->out_h * p->out_w;
+    const int out_c = p->out_c;
     const int32_t *bias = p->bias, *mult = p->mult;
     const int8_t *shift = p->shift;
     const int32_t out_offset = p->out_offset, act_min = p->act_min, act_max = p->act_max;
-    int px = 0;
-    for (; px + 2 <= pixels; px += 2, in += 2 * n, out += 2 * out_c) {
-        const int8_t *w = weights;
-        int oc = 0;
-        for (; oc + 2 <= out_c; oc += 2, w += 2 * n) {
-            int32_t acc[4] = {bias[oc], bias[oc + 1], bias[oc], bias[oc + 1]};
-            dot2x2(in, w, n, acc);
-            out[oc] = vs_requantize(acc[0], mult[oc], shift[oc], out_offset, act_min, act_max);
-            out[oc + 1] = vs_requantize(acc[1], mult[oc + 1], shift[oc + 1], out_offset, act_min, act_max);
-            out[out_c + oc] = vs_requantize(acc[2], mult[oc], shift[oc], out_offset, act_min, act_max);
-            out[out_c + oc + 1] = vs_requantize(acc[3], mult[oc + 1], shift[oc + 1], out_offset, act_min, act_max);
-        }
-        for (; oc < out_c; ++oc, w += n) {
-            out[oc] = vs_requantize(dot1(in, w, n, bias[oc]), mult[oc], shift[oc], out_offset, act_min, act_max);
-            out[out_c + oc] = vs_requantize(dot1(in + n, w, n, bias[oc]), mult[oc], shift[oc], out_offset, act_min,
-                                            act_max);
-        }
+    int oc = 0;
+    for (; oc + 2 <= out_c; oc += 2, w += 2 * n) {
+        int32_t acc[4] = {bias[oc], bias[oc + 1], bias[oc], bias[oc + 1]};
+        dot2x2(x, w, n, acc);
+        out[oc] = vs_requantize(acc[0], mult[oc], shift[oc], out_offset, act_min, act_max);
+        out[oc + 1] = vs_requantize(acc[1], mult[oc + 1], shift[oc + 1], out_offset, act_min, act_max);
+        out[out_c + oc] = vs_requantize(acc[2], mult[oc], shift[oc], out_offset, act_min, act_max);
+        out[out_c + oc + 1] = vs_requantize(acc[3], mult[oc + 1], shift[oc + 1], out_offset, act_min, act_max);
     }
-    if (px < pixels) one_pixel(p, in, weights, n, out);
+    if (oc < out_c) {
+        out[oc] = vs_requantize(dot1(x, w, n, bias[oc]), mult[oc], shift[oc], out_offset, act_min, act_max);
+        out[out_c + oc] = vs_requantize(dot1(x + n, w, n, bias[oc]), mult[oc], shift[oc], out_offset, act_min,
+                                        act_max);
+    }
 }
+
 #endif
 
 void vs_conv2d(const vs_conv_params *p, const int8_t *weights, const int8_t *in, int8_t *out, int8_t *buffer)
 {
     const int n = p->k_h * p->k_w * p->in_c, out_h = p->out_h, out_w = p->out_w;
 #if VS_DSP
-    if (p->k_h == 1 && p->k_w == 1 && p->stride_h == 1 && p->stride_w == 1 && p->pad_top == 0 && p->pad_left == 0 &&
-        p->in_h == out_h && p->in_w == out_w) {
-        pointwise(p, weights, in, out);
+    const int pixels = out_h * out_w, out_c = p->out_c;
+    int px = 0;
+    if (is_pointwise(p)) {
+        for (; px + 2 <= pixels; px += 2, in += 2 * n, out += 2 * out_c) two_pixels(p, in, weights, n, out);
+        if (px < pixels) one_pixel(p, in, weights, n, out);
         return;
     }
-    for (int oy = 0; oy < out_h; ++oy)
-        for (int ox = 0; ox < out_w; ++ox) out = one_pixel(p, patch(p, in, oy, ox, buffer), weights, n, out);
+    /* otherwise the two patches are gathered side by side in the buffer (2 n bytes) */
+    for (int oy = 0, ox = 0; px + 2 <= pixels; px += 2, out += 2 * out_c) {
+        const int8_t *xa = patch(p, in, oy, ox, buffer);
+        if (xa != buffer) memcpy(buffer, xa, (size_t)n);
+        if (++ox == out_w) ox = 0, ++oy;
+        const int8_t *xb = patch(p, in, oy, ox, buffer + n);
+        if (xb != buffer + n) memcpy(buffer + n, xb, (size_t)n);
+        if (++ox == out_w) ox = 0, ++oy;
+        two_pixels(p, buffer, weights, n, out);
+    }
+    if (px < pixels) one_pixel(p, patch(p, in, out_h - 1, out_w - 1, buffer), weights, n, out);
 #else
     const int out_c = p->out_c;
     const int32_t *bias = p->bias, *mult = p->mult;
