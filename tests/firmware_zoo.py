@@ -222,7 +222,8 @@ KERAS_MODELS = {"keras_cnn": keras_cnn, "keras_residual": keras_residual, "keras
 def keras_dsp_edges() -> bytes:
     """The DSP kernels' edges: depthwise layers of 6 channels (a group of four and two left
     over) with stride, dilation and padding on every border, a convolution whose patch (54)
-    and output channels (6) are not multiples of four, and a fully connected layer of 7."""
+    and output channels (6) are not multiples of four, a strided 1x1 convolution, an average
+    pool of 8 channels with clipped windows, and a fully connected layer of 7."""
     import tensorflow as tf
     from tensorflow.keras import layers
 
@@ -232,6 +233,7 @@ def keras_dsp_edges() -> bytes:
     x = layers.DepthwiseConv2D(3, dilation_rate=2, padding="same")(x)
     x = layers.Conv2D(6, 3, padding="same", activation="relu6")(x)
     x = layers.Conv2D(8, 1, strides=2)(x)
+    x = layers.AveragePooling2D(2, padding="same")(x)
     x = layers.Flatten()(x)
     x = layers.Dense(7)(x)
     model = tf.keras.Model(inp, x)

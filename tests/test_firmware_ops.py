@@ -200,7 +200,8 @@ def test_dsp_kernels_match_plain_c_and_tflm_at_their_edges(tmp_path):
     src = tmp_path / "dsp_edges.tflite"
     src.write_bytes(keras_dsp_edges())
     prog = lower(read_tflite(src))
-    assert [l.kernel for l in prog.layers].count("vs_depthwise_conv2d") == 2
+    kernels = [l.kernel for l in prog.layers]
+    assert kernels.count("vs_depthwise_conv2d") == 2 and "vs_average_pool2d" in kernels
     for board, dsp in (("mps2-an385", False), ("mps2-an386", True), ("mps2-an505", True)):
         fw = tmp_path / board
         r = generate_firmware(src, board, fw, run=True, vectors=200)

@@ -75,21 +75,29 @@ static inline __attribute__((always_inline)) void dot4(const int8_t *x, const in
     "sxtb16 %[wv], %[wv], ror #8\n\t"       \
     "smlad %[" a "], %[we], %[xe], %[" a "]\n\t" \
     "smlad %[" a "], %[wv], %[xv], %[" a "]\n\t"
+#define VS_STEP                             \
+    "ldr %[xv], [%[x]], #4\n\t"             \
+    "sxtb16 %[xe], %[xv]\n\t"               \
+    "sxtb16 %[xv], %[xv], ror #8\n\t"       \
+    VS_ROW("a1", "[%[wa], %[n]]")           \
+    VS_ROW("a0", "[%[wa]], #4")             \
+    VS_ROW("a3", "[%[wb], %[n]]")           \
+    VS_ROW("a2", "[%[wb]], #4")
+        /* two words per turn of the loop; an odd word count enters at the second */
         __asm volatile(
+            "tst %[n], #4\n\t"
+            "bne 2f\n"
             "1:\n\t"
-            "ldr %[xv], [%[x]], #4\n\t"
-            "sxtb16 %[xe], %[xv]\n\t"
-            "sxtb16 %[xv], %[xv], ror #8\n\t"
-            VS_ROW("a1", "[%[wa], %[n]]")
-            VS_ROW("a0", "[%[wa]], #4")
-            VS_ROW("a3", "[%[wb], %[n]]")
-            VS_ROW("a2", "[%[wb]], #4")
+            VS_STEP
+            "2:\n\t"
+            VS_STEP
             "cmp %[x], %[end]\n\t"
             "bne 1b"
             : [x] "+r"(x), [wa] "+r"(wa), [wb] "+r"(wb), [a0] "+r"(a0), [a1] "+r"(a1), [a2] "+r"(a2),
               [a3] "+r"(a3), [xv] "=&r"(xv), [xe] "=&r"(xe), [wv] "=&r"(wv), [we] "=&r"(we)
             : [n] "r"(n), [end] "r"(end)
             : "cc", "memory");
+#undef VS_STEP
 #undef VS_ROW
     }
     for (int i = 0; i < (n & 3); ++i) {
@@ -128,24 +136,32 @@ static inline __attribute__((always_inline)) void dot2x2(const int8_t *x, const 
     "smlad %[" p0 "], %[wo], %[xao], %[" p0 "]\n\t"    \
     "smlad %[" p1 "], %[we], %[xb], %[" p1 "]\n\t"     \
     "smlad %[" p1 "], %[wo], %[xbo], %[" p1 "]\n\t"
+#define VS_STEP                                 \
+    "ldr %[xb], [%[x], %[n]]\n\t"               \
+    "ldr %[xa], [%[x]], #4\n\t"                 \
+    "sxtb16 %[xao], %[xa], ror #8\n\t"          \
+    "sxtb16 %[xa], %[xa]\n\t"                   \
+    "sxtb16 %[xbo], %[xb], ror #8\n\t"          \
+    "sxtb16 %[xb], %[xb]\n\t"                   \
+    "ldr %[wo], [%[w], %[n]]\n\t"               \
+    VS_COL("a01", "a11")                        \
+    "ldr %[wo], [%[w]], #4\n\t"                 \
+    VS_COL("a00", "a10")
+        /* two words per turn of the loop; an odd word count enters at the second */
         __asm volatile(
+            "tst %[n], #4\n\t"
+            "bne 2f\n"
             "1:\n\t"
-            "ldr %[xb], [%[x], %[n]]\n\t"
-            "ldr %[xa], [%[x]], #4\n\t"
-            "sxtb16 %[xao], %[xa], ror #8\n\t"
-            "sxtb16 %[xa], %[xa]\n\t"
-            "sxtb16 %[xbo], %[xb], ror #8\n\t"
-            "sxtb16 %[xb], %[xb]\n\t"
-            "ldr %[wo], [%[w], %[n]]\n\t"
-            VS_COL("a01", "a11")
-            "ldr %[wo], [%[w]], #4\n\t"
-            VS_COL("a00", "a10")
+            VS_STEP
+            "2:\n\t"
+            VS_STEP
             "cmp %[x], %[end]\n\t"
             "bne 1b"
             : [x] "+r"(x), [w] "+r"(w), [a00] "+r"(a00), [a01] "+r"(a01), [a10] "+r"(a10), [a11] "+r"(a11),
               [xa] "=&r"(xa), [xao] "=&r"(xao), [xb] "=&r"(xb), [xbo] "=&r"(xbo), [we] "=&r"(we), [wo] "=&r"(wo)
             : [n] "r"(n), [end] "r"(end)
             : "cc", "memory");
+#undef VS_STEP
 #undef VS_COL
     }
     for (int i = 0; i < (n & 3); ++i) {
