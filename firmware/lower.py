@@ -45,7 +45,7 @@ class Layer:
     params: dict  # scalar fields of the C params struct
     arrays: dict = field(default_factory=dict)  # name -> numpy array, emitted as const C arrays
     sparse: SparseWeights | None = None
-    scratch_bytes: int = 0  # vs_conv2d_buffer_size / vs_depthwise_conv2d_buffer_size, planned in the arena
+    scratch_bytes: int = 0  # the kernel's *_buffer_size (vs_kernels.h), planned in the arena
     dense_weight_bytes: int = 0
     stored_weight_bytes: int = 0
     nonzero_weights: int = 0
@@ -163,11 +163,15 @@ def _conv_like(g, k, op, x, w, y, geometry) -> Layer:
                   nonzero_weights=nnz, dense_macs=pixels * w4.size, effective_macs=pixels * nnz)
     if not sparse:
         layer.arrays["weights"] = w4
-    # vs_conv2d_buffer_size: two patches side by side, none for a pointwise convolution
+    # vs_conv2d_buffer_size: two patches side by side, none for a pointwise convolution;
+    # vs_conv2d_sparse_buffer_size: one patch, none for any 1x1 filter
     g_ = geometry
-    pointwise = ([g_[f] for f in ("k_h", "k_w", "stride_h", "stride_w", "pad_top", "pad_left")] == [1, 1, 1, 1, 0, 0]
+    one_by_one = (g_["k_h"], g_["k_w"]) == (1, 1)
+    pointwise = (one_by_one and (g_["stride_h"], g_["stride_w"], g_["pad_top"], g_["pad_left"]) == (1, 1, 0, 0)
                  and (g_["in_h"], g_["in_w"]) == (g_["out_h"], g_["out_w"]))
-    if not pointwise:
+    if sparse and not one_by_one:
+        layer.scratch_bytes = w4[0].size
+    elif not sparse and not pointwise:
         layer.scratch_bytes = 2 * w4[0].size
     return layer
 

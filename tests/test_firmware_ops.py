@@ -213,3 +213,30 @@ def test_dsp_kernels_match_plain_c_and_tflm_at_their_edges(tmp_path):
     vec = make_vectors(200, prog.input.shape[1:], float(prog.input.scale[0]), int(prog.input.zero_point[0]))
     host = toolchain.parse_outputs(toolchain.run_host(tmp_path / "mps2-an386"), 200, int(np.prod(prog.output.shape)))
     np.testing.assert_array_equal(host, run_tflm(src.read_bytes(), prog, vec))
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="needs a host C compiler")
+def test_planned_scratch_equals_the_kernels_buffer_size_functions(tmp_path):
+    """The arena plan reserves what each kernel's *_buffer_size function says it needs: dense and
+    sparse convolutions (two patches, one patch, none for pointwise or 1x1) and depthwise layers
+    with and without border windows."""
+    from firmware_zoo import keras_cnn, keras_dsp_edges
+    sizes = {"vs_conv2d": "vs_conv2d_buffer_size", "vs_conv2d_sparse": "vs_conv2d_sparse_buffer_size",
+             "vs_depthwise_conv2d": "vs_depthwise_conv2d_buffer_size"}
+    seen = set()
+    for build in (keras_dsp_edges, keras_cnn):
+        src = tmp_path / f"{build.__name__}.tflite"
+        src.write_bytes(build())
+        fw = tmp_path / build.__name__
+        generate_firmware(src, "mps2-an386", fw, vectors=1)
+        layers = [(k, l) for k, l in enumerate(lower(read_tflite(src)).layers) if l.kernel in sizes]
+        seen |= {(l.kernel, l.scratch_bytes > 0) for _, l in layers}
+        main = "".join(f'    printf("%u\\n", (unsigned){sizes[l.kernel]}(&l{k}_params));\n' for k, l in layers)
+        (fw / "sizes.c").write_text(f'#include <stdio.h>\n#include "model.c"\nint main(void)\n{{\n{main}'
+                                    '    return 0;\n}\n')
+        exe = fw / "sizes"
+        subprocess.run(["gcc", "-std=c99", f"-I{fw}", f"-I{fw / 'kernels'}", str(fw / "sizes.c"),
+                        *map(str, sorted((fw / "kernels").glob("*.c"))), "-o", str(exe)], check=True)
+        out = subprocess.run([str(exe)], capture_output=True, text=True, check=True).stdout.split()
+        assert [int(v) for v in out] == [l.scratch_bytes for _, l in layers], build.__name__
+    assert {("vs_conv2d", True), ("vs_conv2d", False), ("vs_depthwise_conv2d", True)} <= seen, seen

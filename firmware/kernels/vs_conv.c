@@ -25,6 +25,11 @@ size_t vs_conv2d_buffer_size(const vs_conv_params *p)
     return is_pointwise(p) ? 0 : (size_t)2 * p->k_h * p->k_w * p->in_c;
 }
 
+size_t vs_conv2d_sparse_buffer_size(const vs_conv_params *p)
+{
+    return p->k_h == 1 && p->k_w == 1 ? 0 : (size_t)p->k_h * p->k_w * p->in_c;
+}
+
 /* The patch under output pixel (oy, ox), [k_h][k_w][in_c]; padding reads as the input
  * zero point, whose folded contribution is zero. A filter row that lies inside the
  * image is one contiguous run of the input (without dilation) and is copied at once. */

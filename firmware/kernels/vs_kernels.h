@@ -64,10 +64,12 @@ typedef struct {
     int32_t act_min, act_max;
 } vs_add_params;
 
-/* Scratch bytes vs_conv2d and vs_conv2d_sparse need: two patches side by side,
+/* Scratch bytes vs_conv2d needs: two patches side by side,
  * 2 * k_h * k_w * in_c (the DSP kernels run two pixels at once), or 0 for a pointwise
  * convolution (1x1, stride 1, no padding: a pixel's channels are already the patch). */
 size_t vs_conv2d_buffer_size(const vs_conv_params *p);
+/* Scratch bytes vs_conv2d_sparse needs: one patch, k_h * k_w * in_c, or 0 for 1x1 filters */
+size_t vs_conv2d_sparse_buffer_size(const vs_conv_params *p);
 /* PAD of height and width, with the zero point (TFLite's int8 PAD pads with it) */
 typedef struct {
     uint16_t in_h, in_w, c;
