@@ -179,7 +179,7 @@ static inline __attribute__((always_inline)) void dot2x2(const int8_t *x, const 
 }
 
 /* Every output channel of one pixel: four at a time against the patch x, then one at a time */
-static inline __attribute__((always_inline)) int8_t *one_pixel(const vs_conv_params *p, const int8_t *x,
+static __attribute__((noinline)) int8_t *one_pixel(const vs_conv_params *p, const int8_t *x,
                                                                const int8_t *w, int n, int8_t *out)
 {
     const int out_c = p->out_c;
@@ -203,7 +203,7 @@ static inline __attribute__((always_inline)) int8_t *one_pixel(const vs_conv_par
 /* Every output channel of two pixels whose patches lie n bytes apart (x and x + n): two
  * channels at a time through dot2x2, an odd last one through dot1. out: the first pixel's
  * outputs, the second's follow. */
-static inline __attribute__((always_inline)) void two_pixels(const vs_conv_params *p, const int8_t *x,
+static __attribute__((noinline)) void two_pixels(const vs_conv_params *p, const int8_t *x,
                                                              const int8_t *w, int n, int8_t *out)
 {
     const int out_c = p->out_c;
