@@ -26,8 +26,11 @@ def _through_lines(A, lines, lower: bool):
     lo_s, lo_c, up_s, up_c = (t.unsqueeze(1) if t is not None and t.dim() == A.dim() - 1 else t for t in lines)
     if not lower:
         lo_s, lo_c, up_s, up_c = up_s, up_c, lo_s, lo_c
-    # A·where(A > 0, lo, up) as two products, one of them exactly 0 per entry: fewer passes
-    pos, neg = A.clamp(min=0), A.clamp(max=0)
+    # A·where(A > 0, lo, up) as two products, one of them exactly 0 per entry: fewer passes.
+    # where, not clamp: at A = 0 (a pruned unit's row) the gradient must take the upper line,
+    # as the single-where form did; clamp would pass it to both.
+    pos = torch.where(A > 0, A, A.new_zeros(()))
+    neg = A - pos
     return pos * lo_s + neg * up_s, _dot(pos, lo_c) + _dot(neg, up_c)
 
 
