@@ -20,9 +20,10 @@ def _relaxed(op):
 
 def _through_lines(A, lines, lower: bool):
     """Pull A back through lo_s·x + lo_c <= f(x) <= up_s·x + up_c (per neuron; tensors shaped
-    like A without its spec dimension, or 0-d; an intercept may be None for 0): a lower bound on A·f(x) takes the lower line
-    where A > 0 and the upper one where A < 0; an upper bound the other way round. A tensor
-    that already has the spec dimension (alpha-CROWN's slopes, one per spec row) is used as it is."""
+    like A without its spec dimension, or 0-d; an intercept may be None for 0): a lower bound on
+    A·f(x) takes the lower line where A > 0 and the upper one where A < 0; an upper bound the other
+    way round. A tensor that already has the spec dimension (alpha-CROWN's slopes, one per spec
+    row) is used as it is."""
     lo_s, lo_c, up_s, up_c = (t.unsqueeze(1) if t is not None and t.dim() == A.dim() - 1 else t for t in lines)
     if not lower:
         lo_s, lo_c, up_s, up_c = up_s, up_c, lo_s, lo_c
