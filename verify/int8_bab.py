@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .bab import _clips  # the same per-subdomain cut of the root bounds, on accumulators here
 from .bounds import _through_lines, concretize
 from .int8_bounds import _TOL, Requant
 
@@ -268,16 +269,3 @@ def _split(net, domain, lay, relaxed, score, offsets, root, cache, k):
             children.append(child)
         return children
     return None
-
-
-def _clips(batch, relaxed, root):
-    """Per relaxed op: (D, *neuron) accumulator bounds each subdomain assumes."""
-    out = {}
-    for i in relaxed:
-        lo = root[i][0].expand(len(batch), *root[i][0].shape[1:]).clone()
-        hi = root[i][1].expand(len(batch), *root[i][1].shape[1:]).clone()
-        for k, d in enumerate(batch):
-            if i in d:
-                lo[k], hi[k] = torch.maximum(lo[k], d[i][0]), torch.minimum(hi[k], d[i][1])
-        out[i] = (lo, hi)
-    return out
