@@ -118,7 +118,7 @@ class TrainConfig:
         if c.dense_epochs and not (c.sparse_from_scratch and 0 < c.dense_epochs < c.epochs):
             raise VeriSparseError("--dense-epochs is for VeriSparse (no --baseline) and must be in [0, --epochs); "
                                   f"got {c.dense_epochs}")
-        for name in ("prune_epochs", "finetune_epochs", "warmup_epochs", "ramp_epochs", "dense_epochs"):
+        for name in ("prune_epochs", "finetune_epochs", "warmup_epochs", "ramp_epochs"):
             if getattr(c, name) < 0:
                 raise VeriSparseError(f"--{name.replace('_', '-')} must be >= 0; got {getattr(c, name)}")
         if c.warmup_epochs + c.ramp_epochs > c.epochs:
@@ -283,13 +283,9 @@ def _train(cfg, out_dir, resume, device, progress, download, compact, res):
         t0 = time.perf_counter()
         if hyd is not None:
             hyd.epoch_start(model, epoch)
-        if cfg.baseline == "prune-finetune" and epoch == cfg.epochs:
-            if counts is not None:
-                ddp.update_masks(model, lambda: sp.select_units(model, counts))
-            else:
-                ddp.update_masks(model, lambda: sp.magnitude_unstructured(model, cfg.sparsity))
-        elif cfg.sparse_from_scratch and cfg.dense_epochs and epoch == cfg.dense_epochs:
-            # the dense start is over: keep the largest weights or units, as pruning would
+        if (cfg.baseline == "prune-finetune" and epoch == cfg.epochs) or \
+                (cfg.sparse_from_scratch and cfg.dense_epochs and epoch == cfg.dense_epochs):
+            # pruning after dense training (or VeriSparse's dense start): the largest weights or units stay
             ddp.update_masks(model, lambda: sp.select_units(model, counts) if counts is not None
                              else sp.magnitude_unstructured(model, cfg.sparsity))
         elif _remasks(cfg, counts, epoch):
@@ -383,7 +379,8 @@ def _train(cfg, out_dir, resume, device, progress, download, compact, res):
 
 def _remasks(cfg: TrainConfig, counts, epoch: int) -> bool:
     """Whether structured VeriSparse re-chooses its units at the start of this epoch."""
-    return counts is not None and cfg.sparse_from_scratch and cfg.dense_epochs < epoch < cfg.update_end * cfg.epochs
+    return (counts is not None and cfg.sparse_from_scratch
+            and cfg.dense_epochs < epoch < cfg.update_end * cfg.epochs)
 
 
 def _compacted(comp, wanted: bool, model, opt, in_shape):
