@@ -1,7 +1,7 @@
 r"""Cross-check `verisparse verify` against alpha-beta-CROWN on the same VNN-COMP instances.
 
   .venv/bin/python bench/abcrown_compare.py --abcrown /tmp/abcrown [--model runs/default/model.onnx]
-      [--eps 0.1] [--pool 1000] [--count 40 | --samples 3,17,42] [--timeout 30] [--out DIR]
+      [--eps 0.1] [--pool 1000] [--count 40 | --samples 3,17,42 | --all] [--timeout 30] [--out DIR]
 
 alpha-beta-CROWN is not a dependency of this project; it runs beside our torch through PYTHONPATH:
 
@@ -19,7 +19,8 @@ alpha-beta-CROWN is not a dependency of this project; it runs beside our torch t
 
 Steps: `verify --method crown` on the first --pool test samples (also exporting their VNN-COMP
 instances); the selection is every sample CROWN leaves unknown plus evenly spread verified and
-falsified ones (--count in all), or --samples; `verify --method auto` on exactly those (an npz
+falsified ones (--count in all), or --samples, or with --all every sample of the pool (what an
+unknown rate over a whole test prefix needs); `verify --method auto` on exactly those (an npz
 dataset of the selected samples, same per-sample --time-limit); alpha-beta-CROWN's abcrown.py in its
 csv mode on the selected instances (CPU, bab.timeout = --timeout). Prints verdict counts and seconds
 per tool and every sample where the tools differ. Exit 1 when one tool proves what the other refutes
@@ -156,6 +157,13 @@ def select(statuses, count, unknown_first=True):
     return sorted(set(chosen) | set(spread(by["verified"], n_ver)) | set(spread(by["falsified"], n_fal)))
 
 
+def choose(statuses, count, samples=None, every=False):
+    """The compared samples: --samples as given, --all the whole pool, else select()."""
+    if samples:
+        return sorted(int(s) for s in samples.split(","))
+    return sorted(statuses) if every else select(statuses, count)
+
+
 def table(ours, theirs, ours_s, theirs_s, samples, crown=None):
     """Markdown: verdict counts and seconds per tool (total, mean, max over the selected samples)."""
     lines = ["| tool | verified/safe | falsified/unsafe | unknown | timeout | s total | s mean | s max |",
@@ -251,6 +259,7 @@ def main(argv=None):
     ap.add_argument("--pool", type=int, default=1000, help="choose among the first POOL test samples")
     ap.add_argument("--count", type=int, default=40, help="instances in all")
     ap.add_argument("--samples", default=None, help="comma-separated test indices instead of the selection")
+    ap.add_argument("--all", action="store_true", help="every sample of the pool instead of the selection")
     ap.add_argument("--timeout", type=float, default=30.0, help="seconds per instance, both tools")
     ap.add_argument("--out", type=Path, default=Path("bench-runs/abcrown"))
     a = ap.parse_args(argv)
@@ -265,8 +274,7 @@ def main(argv=None):
     _verisparse(a.model, "--eps", a.eps, "--n", pool, "--method", "crown", "--time-limit", a.timeout,
                 "--report", a.out / "ours_crown.json", "--export-vnnlib", vnn)
     crown = _certificate(a.out / "ours_crown.json")
-    samples = (sorted(int(s) for s in a.samples.split(",")) if a.samples else
-               select({i: r[0] for i, r in crown.items()}, a.count))
+    samples = choose({i: r[0] for i, r in crown.items()}, a.count, a.samples, a.all)
     _note(f"{len(samples)} samples: {samples}")
     with open(vnn / "instances.csv") as f:
         rows = {sample_of(r[1]): r for r in csv.reader(f) if r}

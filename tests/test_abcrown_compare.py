@@ -103,6 +103,14 @@ def test_select_takes_every_crown_unknown_then_spreads_the_rest():
     assert sum(statuses[i] == "verified" for i in chosen) == 5
 
 
+def test_all_takes_the_whole_pool_and_samples_win_over_both():
+    statuses = {i: "verified" for i in range(200)}
+    statuses.update({7: "unknown", 3: "falsified"})
+    assert ac.choose(statuses, 10, every=True) == list(range(200))
+    assert ac.choose(statuses, 10) == ac.select(statuses, 10)
+    assert ac.choose(statuses, 10, samples="42,3", every=True) == [3, 42]
+
+
 def test_missing_checkout_says_how_to_get_one(tmp_path, capsys):
     assert ac.main(["--abcrown", str(tmp_path / "nowhere")]) == 2  # not 1, the soundness verdict
     err = capsys.readouterr().err
