@@ -1,12 +1,17 @@
 """Verification speed and the verified-accuracy ladder on the default run, on 2 CPU threads.
 
   .venv/bin/python bench/verify_speed.py [--run runs/default] [--n 1000] [--milp-samples 20]
+  .venv/bin/python bench/verify_speed.py --run runs/cnn7 --methods crown,alpha-crown,bab,auto \
+      [--n 200] [--eps 0.1] [--time-limit 30]
 
 Prints a Markdown table for the README:
   - samples/s of the batched bound passes alone (IBP, CROWN, int8 IBP, int8 CROWN) on the
     cnn_4layer run, and of MILP per sample run on its own (not only where CROWN left it open);
   - the ladder float CROWN / int8 / MILP / attack from the full cascades on the test split;
   - the MILP settle rate on a freshly trained 0.9-sparse mlp_2layer (mnist5k), 10 s per sample.
+With --methods, only one table instead: per `verify --method`, the verified / falsified / unknown
+counts and seconds (wall, and the most one sample took) of the run's model.onnx, for any
+architecture (a cnn_7layer, say), at --eps with --time-limit per sample.
 """
 from __future__ import annotations
 
@@ -126,18 +131,55 @@ def cascade_speed(art, x, y, eps, method):
     return rate, sum(r.status == "verified" for r in res) / len(y)
 
 
-def main():
+def method_rows(art, x, y, eps, methods, time_limit):
+    """Per verify method: its verdict counts on (x, y), the wall seconds and the slowest sample."""
+    rows = []
+    for m in methods:
+        _note(f"verify --method {m}")
+        start = time.perf_counter()
+        res = art.verify(x, y, eps, m, time_limit=time_limit)
+        c = Counter(r.status for r in res)
+        rows.append(dict(method=m, verified=c["verified"], falsified=c["falsified"], unknown=c["unknown"],
+                         seconds=time.perf_counter() - start, max_sample=max(r.seconds for r in res)))
+    return rows
+
+
+def methods_table(rows):
+    lines = ["| method | verified | falsified | unknown | s total | s max per sample |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r['method']} | {r['verified']} | {r['falsified']} | {r['unknown']} | {r['seconds']:.1f} | "
+              f"{r['max_sample']:.2f} |" for r in rows]
+    return "\n".join(lines)
+
+
+def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--run", default="runs/default")
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--milp-samples", type=int, default=20)
     ap.add_argument("--mlp-samples", type=int, default=200)
     ap.add_argument("--threads", type=int, default=2)
-    args = ap.parse_args()
+    ap.add_argument("--methods", default=None,
+                    help="comma-separated verify methods: only their verdict table, for any architecture")
+    ap.add_argument("--eps", type=float, default=0.1)
+    ap.add_argument("--time-limit", type=float, default=10.0, help="seconds per sample (with --methods)")
+    args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     from verisparse.trainer.datasets import load_dataset
     from verisparse.verify.artifact import load_artifact
     run = Path(args.run)
+    if args.methods:
+        from verisparse.files import read_json
+        from verisparse.verify.command import _run_defaults
+        from verisparse.verify.samples import load_split
+        art = load_artifact(run / "model.onnx")
+        d = _run_defaults(art)
+        _, x, y = load_split(art, d["dataset"], d.get("seed", 0), None, "test", args.n)
+        rows = method_rows(art, x, y, args.eps, args.methods.split(","), args.time_limit)
+        arch = read_json(run / "config.json").get("arch", "") if (run / "config.json").is_file() else ""
+        print(f"\nverify methods, {run} ({d['dataset']} {arch}, eps {args.eps:g}), {len(y)} test "
+              f"samples, {args.time_limit:g} s per sample, {args.threads} threads\n")
+        print(methods_table(rows))
+        return
     onnx_art = load_artifact(run / "model.onnx")
     int8_art = load_artifact(run / "model_int8.tflite")
     ds = load_dataset("mnist5k")
