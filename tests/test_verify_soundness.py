@@ -189,3 +189,40 @@ def test_verify_sample_marks_open_when_time_runs_out():
     out = verify_sample(mnet, x_l[0].double().numpy(), x_u[0].double().numpy(), pre, [e[0] for e in errs], 0,
                         np.full(3, -1.0), 0.0, lambda x: False)
     assert out.status == "unknown"
+
+
+@pytest.mark.parametrize("stride,padding,kernel", [(1, 1, 3), (2, 1, 4), (2, 0, 3), (1, 2, 3)])
+def test_milp_conv_matrix_is_the_convolution(stride, padding, kernel):
+    """The encoding's convolution matrix, built from the weights, maps every unit input to the
+    conv's response there: the same entries, and no others, where a third of the weights are zero."""
+    from verisparse.verify.milp import _op_matrix
+    from verisparse.verify.ops import Conv2d
+    gen = torch.Generator().manual_seed(stride * 10 + padding + kernel)
+    w = torch.randn(4, 3, kernel, kernel, generator=gen, dtype=torch.float64)
+    w[torch.rand(w.shape, generator=gen) < 0.3] = 0
+    shape = (3, 7, 6)
+    op = Conv2d(w, torch.randn(4, generator=gen, dtype=torch.float64), stride, padding, shape)
+    M, c, out_shape = _op_matrix(op, shape)
+    units = torch.eye(int(np.prod(shape)), dtype=torch.float64).reshape(-1, *shape)
+    ref = torch.nn.functional.conv2d(units, w, None, stride, padding).flatten(1).T.numpy()
+    assert tuple(out_shape) == tuple(op.forward(units[:1]).shape[1:])
+    np.testing.assert_array_equal(M.toarray(), ref)
+    assert M.nnz == np.count_nonzero(ref)
+    np.testing.assert_array_equal(c, np.repeat(op.bias.numpy(), out_shape[1] * out_shape[2]))
+
+
+def test_auto_builds_no_milp_encoding_for_samples_without_time_left(monkeypatch):
+    """MILP's time is what branch and bound left of the sample's limit; with none left, the
+    encoding (minutes on large models) is not built and the sample stays unknown."""
+    import verisparse.verify.milp as milp
+    from verisparse.verify import float_verify
+
+    def refuse(*a, **k):
+        raise AssertionError("the encoding was built for samples without time left")
+    monkeypatch.setattr(milp, "MilpNet", refuse)
+    status = np.array(["unknown", "verified"], dtype=object)
+    x = torch.zeros(2, 4)
+    out = float_verify._milp_stage(None, None, x, torch.zeros(2, dtype=torch.long), (x, x), (x, x), None,
+                                   np.zeros(2), status, [None] * 2, [None] * 2, ["bab"] * 2, np.zeros(2),
+                                   [None] * 2, np.array([0.0, 5.0]), None)
+    assert out is None and list(status) == ["unknown", "verified"]

@@ -68,7 +68,8 @@ Sharded (shards numbered 0..N-1; merge applies --min-vra to the whole run):
               help="ibp, crown, alpha-crown (optimised CROWN), bab (branch and bound) or milp (both complete, "
                    "time-limited), or auto (the strongest the artifact supports).")
 @click.option("--time-limit", type=float, default=10.0, show_default=True, callback=_positive,
-              help="Seconds of branch and bound / MILP per sample (auto: half each).")
+              help="Seconds of branch and bound / MILP per sample (auto: branch and bound up to half, "
+                   "MILP the rest; MILP's include its share of building the encoding).")
 @click.option("--min-vra", type=float, default=0.0, show_default=True, callback=_fraction,
               help="Exit 1 when the verified accuracy is below this fraction.")
 @click.option("--report", type=click.Path(), default=None,

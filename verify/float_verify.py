@@ -11,8 +11,9 @@ Stages run cheapest first and each runs only on what the one before left open:
                  on what PGD could not break (methods alpha-crown, bab, milp and auto);
   BaB            branch and bound over ReLU splits (verify.bab), complete up to its time
                  limit per sample (methods bab and auto: auto gives it half the time limit
-                 and MILP what it leaves open);
-  MILP           complete, with a time limit per sample (methods milp and auto).
+                 and MILP the samples and the time it leaves);
+  MILP           complete, with a time limit per sample that covers its share of building
+                 the encoding and of the pre-activation bounds (methods milp and auto).
 A bound stage can only say "verified"; only a runtime-confirmed counterexample says
 "falsified". Bounds are verify.rounding's sound ones (the float32 runtime's rounding and the
 bound arithmetic's own charged; float32 first, float64 on what that leaves open) on an input
@@ -136,13 +137,16 @@ def _batch(net, sound, runtime, xb, yb, eps, method, time_limit, gen, steps, res
     if method in ("alpha-crown", "bab", "milp", "auto"):
         _alpha_stage(sound, x_l, x_u, C, yb, lb, status, stage, seconds)
     notes = [None] * B
+    before_bab = seconds.copy()
     if method in ("bab", "auto"):
         _bab_stage(sound, runtime, xb, yb, (x_l, x_u), (a_l, a_u), C, lb, status, cex, cex_margin, stage, seconds,
                    notes, time_limit if method == "bab" else time_limit / 2)
     margins = _min_margin(lb, yb).numpy().astype(np.float64)
     if method in ("milp", "auto"):
+        # auto: MILP gets what branch and bound left of the sample's time limit
+        limits = time_limit - (seconds - before_bab)
         mnet = _milp_stage(net, runtime, xb, yb, (x_l, x_u), (a_l, a_u), lb, margins, status, cex, cex_margin,
-                           stage, seconds, notes, time_limit if method == "milp" else time_limit / 2, mnet)
+                           stage, seconds, notes, limits, mnet)
     return [SampleResult(-1, int(yb[i]), str(status[i]), stage[i], float(margins[i]), cex_margin[i],
                          float(seconds[i]), cex[i], notes[i]) for i in range(B)], mnet
 
@@ -188,26 +192,32 @@ def _bab_stage(sound, runtime, xb, yb, box, inner, C, lb, status, cex, cex_margi
 
 
 def _milp_stage(net, runtime, xb, yb, box, inner, lb, margins, status, cex, cex_margin, stage, seconds, notes,
-                time_limit, mnet):
+                limits, mnet):
+    """limits: each sample's seconds for this stage, its share of building the encoding (once
+    per process) and of the pre-activation bounds included."""
     from .milp import MilpNet, verify_sample
-    todo = [i for i in range(len(yb)) if status[i] == "unknown"]
+    todo = [i for i in range(len(yb)) if status[i] == "unknown" and limits[i] > 0]
     if not todo:
         return mnet
     (x_l, x_u), (a_l, a_u) = box, inner
-    mnet = mnet or MilpNet(net, xb.shape[1:])
     t0 = time.perf_counter()
+    mnet = mnet or MilpNet(net, xb.shape[1:])
     idx = torch.tensor(todo)
     pre, errs = mnet.pre_bounds(x_l[idx], x_u[idx])
     shared = (time.perf_counter() - t0) / len(todo)
     for k, i in enumerate(todo):
+        seconds[i] += shared
+        if limits[i] <= shared:
+            notes[i] = "the time limit ran out before MILP could solve"
+            continue
         y = int(yb[i])
         box_l, box_u = x_l[i].flatten().numpy(), x_u[i].flatten().numpy()
 
         confirm = _confirmer(runtime, xb.shape[1:], a_l[i:i + 1].numpy(), a_u[i:i + 1].numpy(), y)
         res = verify_sample(mnet, box_l, box_u, {j: (l[k], u[k]) for j, (l, u) in pre.items()},
-                            [e[k] for e in errs], y, lb[i].numpy(), time_limit, confirm)
+                            [e[k] for e in errs], y, lb[i].numpy(), limits[i] - shared, confirm)
         stage[i], notes[i] = "milp", res.note
-        seconds[i] += shared + res.seconds
+        seconds[i] += res.seconds
         margins[i] = max(margins[i], res.margin_lower)
         status[i] = res.status
         if res.status == "falsified":

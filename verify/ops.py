@@ -113,11 +113,20 @@ def _sparse_adjoint(op, out_hw, dtype, device):
     at every output position: on the CPU, many rows through a small conv cost a sparse
     matrix product, 2-4x less than conv_transpose2d (more where the weights are sparse).
     None where it would exceed MAX_SPARSE_ADJOINT entries."""
+    if int((op.weight != 0).sum()) * out_hw[0] * out_hw[1] > MAX_SPARSE_ADJOINT:
+        return None
+    rows, cols, vals, size = conv_entries(op, out_hw, dtype, device)
+    with warnings.catch_warnings():  # torch calls its sparse CSR support beta; products are all we use
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_coo_tensor(torch.stack([rows, cols]), vals, size).coalesce().to_sparse_csr()
+
+
+def conv_entries(op, out_hw, dtype, device):
+    """The conv's nonzero weights at every output position, as adjoint entries: (input index,
+    output index, weight) tensors and the adjoint's size (input size, output size)."""
     w = op.weight.detach().to(dtype=dtype, device=device)
     co, ci, kh, kw = w.nonzero(as_tuple=True)
     (Ho, Wo), (_, Hi, Wi) = out_hw, op.in_shape
-    if len(co) * Ho * Wo > MAX_SPARSE_ADJOINT:
-        return None
     (sh, sw), (ph, pw) = ((s, s) if isinstance(s, int) else tuple(s) for s in (op.stride, op.padding))
     oh = torch.arange(Ho, device=device).repeat_interleave(Wo)[:, None]
     ow = torch.arange(Wo, device=device).repeat(Ho)[:, None]
@@ -126,10 +135,7 @@ def _sparse_adjoint(op, out_hw, dtype, device):
     rows = (ci * Hi * Wi + ih * Wi + iw)[ok]
     cols = (co * Ho * Wo + oh * Wo + ow)[ok]
     vals = w[co, ci, kh, kw].expand(ok.shape)[ok]
-    size = (op.in_shape[0] * Hi * Wi, op.weight.shape[0] * Ho * Wo)
-    with warnings.catch_warnings():  # torch calls its sparse CSR support beta; products are all we use
-        warnings.simplefilter("ignore", UserWarning)
-        return torch.sparse_coo_tensor(torch.stack([rows, cols]), vals, size).coalesce().to_sparse_csr()
+    return rows, cols, vals, (op.in_shape[0] * Hi * Wi, op.weight.shape[0] * Ho * Wo)
 
 
 def _conv_transpose(A, weight, stride, padding, in_shape, groups=1):
