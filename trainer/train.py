@@ -51,7 +51,7 @@ class TrainConfig:
     epochs: int = 100
     dense_epochs: int = 0            # VeriSparse: epochs trained dense before the mask is chosen by magnitude
     initial_density: float | None = None  # VeriSparse unstructured: random mask this dense, thinned to the target
-    prune_window: float = 0.5        # fraction of epochs over which initial_density is thinned (GraNet)
+    prune_window: float = 1.0        # fraction of epochs over which initial_density is thinned (GraNet)
     prune_epochs: int | None = None     # hydra only: score optimisation; default 10% of epochs
     finetune_epochs: int | None = None  # prune-finetune and hydra; default epochs // 2
     batch_size: int = 50
