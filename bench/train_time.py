@@ -54,8 +54,9 @@ def _time_to(log, target, sparse: bool):
     """Training seconds until the model first meets the target; for a sparse method only
     epochs at its final sparsity count (a baseline's dense phase is not a sparse model)."""
     for r in log:
-        if sparse and r["phase"] == "dense":
-            continue
+        if sparse and (r["phase"] == "dense" or
+                       (r["phase"] == "gradual" and r["effective_params"] != log[-1]["effective_params"])):
+            continue  # a dense epoch, or one still thinning towards the final count (--initial-density)
         if r["crown_ibp_verified_acc"] >= target - 1e-9:
             return r["train_seconds"]
     return None

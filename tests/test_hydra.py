@@ -104,6 +104,8 @@ METHODS = {
     # stopped in the first sparse epoch, right after the dense start chose the mask
     "verisparse-dense-start": dict(epochs=3, dense_epochs=2),
     "verisparse-structured-dense-start": dict(structure="structured", epochs=3, dense_epochs=2),
+    # stopped inside the gradual-pruning window, between two thinning steps
+    "verisparse-gradual": dict(epochs=4, initial_density=0.5, prune_window=0.75),
 }
 
 

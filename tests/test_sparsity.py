@@ -107,3 +107,37 @@ def test_masked_layers_compute_with_effective_weights():
     dead = (first.out_mask == 0).nonzero().squeeze(1)
     h = model[:2](x)
     assert (h[:, dead] == 0).all()
+
+
+def test_gradual_density_follows_the_cubic_schedule():
+    d = [sp.gradual_density(s, 100, 0.5, 0.05) for s in range(0, 121, 10)]
+    assert d[0] == pytest.approx(0.5) and d[10] == d[12] == pytest.approx(0.05)
+    assert all(a > b for a, b in zip(d[:10], d[1:11]))
+    assert d[0] - d[1] > d[8] - d[9]  # fastest first
+    assert sp.gradual_density(50, 100, 1.0, 0.1) == pytest.approx(0.1 + 0.9 / 8)
+
+
+def test_thinning_keeps_the_largest_active_weights_and_ends_at_the_exact_budget():
+    model = _model()
+    sp.random_unstructured(model, 0.5, torch.Generator().manual_seed(0))
+    final = sp.erk_counts(model, 0.95)
+    layer = prunable(model)[1][1]
+    with torch.no_grad():  # an active weight at exactly zero (just regrown) still outranks inactive ones
+        layer.weight.view(-1)[torch.nonzero(layer.weight_mask.flatten())[0]] = 0.0
+    for density in (0.3, 0.2, 0.1):
+        before = [(m.weight_mask.clone(), (m.weight * m.weight_mask).abs()) for _, m in prunable(model)]
+        removed = sp.thin_unstructured(model, density, final)
+        counts = [int(m.weight_mask.sum()) for _, m in prunable(model)]
+        assert removed == sum(int(b.sum()) for b, _ in before) - sum(counts) > 0
+        assert counts == [max(f, min(n, int(b.sum()))) for f, n, (b, _) in
+                          zip(final, sp.erk_counts(model, 1 - density), before)]
+        for (_, m), (mask, mag) in zip(prunable(model), before):
+            kept = m.weight_mask.bool()
+            assert not (kept & ~mask.bool()).any()  # nothing grows back
+            dropped = mask.bool() & ~kept
+            if dropped.any():
+                assert mag[dropped].max() <= mag[kept].min()
+            assert (m.weight[~kept] == 0).all()
+    sp.thin_unstructured(model, 0.05, final)
+    assert [int(m.weight_mask.sum()) for _, m in prunable(model)] == final
+    assert sp.thin_unstructured(model, 0.01, final) == 0  # never below the final count

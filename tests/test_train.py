@@ -1,4 +1,5 @@
 import json
+import math
 import os
 import signal
 import subprocess
@@ -118,17 +119,57 @@ def test_dense_start_settings_are_checked(settings):
         TrainConfig(**settings).resolved()
 
 
+def test_gradual_pruning_thins_to_the_exact_budget_by_the_end_of_the_window(tmp_path, monkeypatch):
+    """--initial-density: a random mask at that density, thinned by magnitude on the cubic
+    schedule every update_every steps, RigL moving the mask meanwhile; exact at the window's end."""
+    from verisparse.trainer import sparsity as sp
+    from verisparse.trainer import train as train_module
+    densities = []
+    thin = sp.thin_unstructured
+
+    def spy(model, density, final):
+        densities.append(density)
+        return thin(model, density, final)
+
+    monkeypatch.setattr(train_module.sp, "thin_unstructured", spy)
+    log = train(TrainConfig(arch="mlp_2layer", epochs=4, sparsity=0.9, initial_density=0.5, prune_window=0.5,
+                            **FAST), tmp_path / "run", progress=False)
+    steps = 2 * math.ceil(1438 / FAST["batch_size"])  # the window: half of 4 epochs
+    assert len(densities) == (steps - 1) // FAST["update_every"] + 1
+    assert densities[0] < 0.5 and densities[-1] == pytest.approx(0.1)
+    assert all(a > b for a, b in zip(densities, densities[1:]))
+    assert [r["phase"] for r in log] == ["gradual", "gradual", "sparse", "sparse"]
+    dense = sp.sparsity_summary(load_run(tmp_path / "run")[0])["dense_params"]
+    assert 0.5 < log[0]["sparsity"] < 0.9
+    assert [r["effective_params"] for r in log[1:]] == [round(0.1 * dense)] * 3
+    assert log[1]["mask_changes"] > 0 and log[2]["mask_changes"] > 0  # RigL moves it in and after the window
+
+
+@pytest.mark.parametrize("settings, needle", [
+    (dict(initial_density=0.5, structure="structured"), "initial-density"),
+    (dict(initial_density=0.5, baseline="hydra"), "initial-density"),
+    (dict(initial_density=0.5, dense_epochs=1), "initial-density"),
+    (dict(initial_density=0.1, sparsity=0.9), "initial-density"),  # 1 - 0.9 is 0.0999... in floats
+    (dict(initial_density=1.5), "initial-density"),
+    (dict(initial_density=0.5, prune_window=0.0), "prune-window"),
+    (dict(prune_window=float("nan")), "prune-window")])
+def test_gradual_pruning_settings_are_checked(settings, needle):
+    with pytest.raises(VeriSparseError, match=needle):
+        TrainConfig(**settings).resolved()
+
+
 def test_a_run_from_before_dense_epochs_still_loads_and_resumes(tmp_path):
+    from verisparse.trainer.rundir import ADDED_SETTINGS
     out = tmp_path / "old"
     cfg = TrainConfig(arch="mlp_2layer", epochs=2, sparsity=0.9, **FAST)
     train(cfg, out, progress=False)
     state = torch.load(out / "checkpoint.pt", weights_only=True)
-    del state["config"]["dense_epochs"]
-    torch.save(state, out / "checkpoint.pt")
     saved = json.loads((out / "config.json").read_text())
-    del saved["dense_epochs"]
+    for key in ADDED_SETTINGS:  # dense_epochs, initial_density, prune_window
+        del state["config"][key], saved[key]
+    torch.save(state, out / "checkpoint.pt")
     (out / "config.json").write_text(json.dumps(saved))
-    assert load_run(out)[1].dense_epochs == 0
+    assert load_run(out)[1].dense_epochs == 0 and load_run(out)[1].initial_density is None
     log = train(cfg, out, resume=True, progress=False)  # the config check passes; nothing is left to train
     assert [r["epoch"] for r in log] == [1, 2]
 

@@ -14,7 +14,7 @@ from verisparse.errors import VeriSparseError
 
 CONFIG, CHECKPOINT, LOG = "config.json", "checkpoint.pt", "train_log.jsonl"
 # Settings newer than some run directories, with the value that keeps an older run's meaning.
-ADDED_SETTINGS = {"dense_epochs": 0}
+ADDED_SETTINGS = {"dense_epochs": 0, "initial_density": None, "prune_window": 1.0}
 
 
 def with_added_settings(cfg):

@@ -3,8 +3,9 @@ choice moves during training.
 
 Unstructured: ERK per-layer densities turned into integer counts whose total is exactly
 round((1 - sparsity) * weights); prune-and-regrow keeps every layer's count, so the total
-is exact at every step. Structured: whole neurons/filters of the hidden layers, as many as
-a parameter budget allows, where a removed unit also removes the next layer's inputs.
+is exact at every step (with gradual pruning, from the end of its window on). Structured:
+whole neurons/filters of the hidden layers, as many as a parameter budget allows, where a
+removed unit also removes the next layer's inputs.
 """
 from __future__ import annotations
 
@@ -137,6 +138,32 @@ def prune_regrow(model, fraction: float, grads=None, generator=None):
         w.mul_(mask)
         moved += n
     return moved
+
+
+def gradual_density(step, window_steps, initial: float, final: float):
+    """Zhu & Gupta's cubic schedule: density from initial to final over the window's steps,
+    fastest at first, when the network can best recover from what is taken away."""
+    t = min(1.0, step / window_steps)
+    return final + (initial - final) * (1 - t) ** 3
+
+
+@torch.no_grad()
+def thin_unstructured(model, density: float, final_counts):
+    """Gradual pruning: each layer keeps its largest-magnitude active weights, as many as the
+    ERK counts at this density allow (never more than it has, never fewer than its final
+    count, so the window ends at exactly the final budget). Returns the number removed."""
+    removed = 0
+    for (_, m), n, floor in zip(prunable(model), erk_counts(model, 1 - density), final_counts):
+        active = m.weight_mask.bool()
+        have = int(active.sum().item())
+        n = max(floor, min(n, have))
+        if n == have:
+            continue
+        # Inactive weights score below every active one: regrown weights sit at exactly zero.
+        _keep_top(m.weight_mask, torch.where(active, m.weight.abs(), torch.full_like(m.weight, -1.0)), n)
+        m.weight.mul_(m.weight_mask)
+        removed += have - n
+    return removed
 
 
 def update_fraction(step, total_steps, initial: float, end_fraction: float):

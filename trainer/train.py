@@ -1,7 +1,8 @@
 """Certified sparse training, top to bottom: settings, data, model, masks, one loop.
 
 VeriSparse (default): start from a random sparse mask (ERK densities, or random units for
-structured sparsity), train with IBP / CROWN-IBP, and move the mask as training goes.
+structured sparsity), train with IBP / CROWN-IBP, and move the mask as training goes;
+optionally start denser and prune gradually to the target (GraNet; --initial-density).
 Baselines: dense certified training, dense -> magnitude prune -> certified fine-tune, and
 HYDRA (dense -> prune by optimised scores -> fine-tune; trainer/hydra.py).
 """
@@ -49,6 +50,8 @@ class TrainConfig:
     baseline: str | None = None      # None (VeriSparse) | dense | prune-finetune | hydra
     epochs: int = 100
     dense_epochs: int = 0            # VeriSparse: epochs trained dense before the mask is chosen by magnitude
+    initial_density: float | None = None  # VeriSparse unstructured: random mask this dense, thinned to the target
+    prune_window: float = 1.0        # fraction of epochs over which initial_density is thinned (GraNet)
     prune_epochs: int | None = None     # hydra only: score optimisation; default 10% of epochs
     finetune_epochs: int | None = None  # prune-finetune and hydra; default epochs // 2
     batch_size: int = 50
@@ -115,6 +118,15 @@ class TrainConfig:
             if c.baseline == "hydra" else 0
         c.warmup_epochs = round(0.05 * c.epochs) if c.warmup_epochs is None else c.warmup_epochs
         c.ramp_epochs = max(1, round(0.5 * c.epochs)) if c.ramp_epochs is None else c.ramp_epochs
+        if c.initial_density is not None:
+            if not (c.sparse_from_scratch and c.structure == "unstructured" and not c.dense_epochs):
+                raise VeriSparseError("--initial-density is for unstructured VeriSparse (no --baseline, no "
+                                      "--dense-epochs, no --param-budget); drop it or those")
+            if not round(1 - c.sparsity, 9) < c.initial_density <= 1:  # rounded: 1 - 0.9 is 0.0999...
+                raise VeriSparseError(f"--initial-density must be in (1 - sparsity, 1] = ({1 - c.sparsity:g}, 1]; "
+                                      f"got {c.initial_density}")
+        if not 0 < c.prune_window <= 1:
+            raise VeriSparseError(f"--prune-window must be in (0, 1]; got {c.prune_window}")
         if c.dense_epochs and not (c.sparse_from_scratch and 0 < c.dense_epochs < c.epochs):
             raise VeriSparseError("--dense-epochs is for VeriSparse (no --baseline) and must be in [0, --epochs); "
                                   f"got {c.dense_epochs}")
@@ -133,9 +145,9 @@ class TrainConfig:
 _INT_FIELDS = ("param_budget", "epochs", "dense_epochs", "prune_epochs", "finetune_epochs", "batch_size",
                "warmup_epochs", "ramp_epochs", "update_every", "seed", "eval_crown_every")
 _FLOAT_FIELDS = ("eps", "eps_train", "sparsity", "lr", "lr_final", "grad_clip", "kappa_start", "kappa_end",
-                 "update_fraction", "update_end")
+                 "update_fraction", "update_end", "initial_density", "prune_window")
 _OPTIONAL = ("data_root", "eps_train", "param_budget", "baseline", "prune_epochs", "finetune_epochs", "lr",
-             "warmup_epochs", "ramp_epochs")
+             "warmup_epochs", "ramp_epochs", "initial_density")
 
 
 def _check_types(c: TrainConfig):
@@ -243,7 +255,8 @@ def _train(cfg, out_dir, resume, device, progress, download, compact, res):
         if counts is not None:
             sp.select_units(model, counts, generator=gen)
         else:
-            sp.random_unstructured(model, cfg.sparsity, gen)
+            sp.random_unstructured(model, cfg.sparsity if cfg.initial_density is None else 1 - cfg.initial_density,
+                                   gen)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     hyd = Hydra(cfg, counts) if cfg.baseline == "hydra" else None
     start_epoch, step, train_seconds = 0, 0, 0.0
@@ -270,6 +283,9 @@ def _train(cfg, out_dir, resume, device, progress, download, compact, res):
     res.start(dev, state.get("train_macs", 0) if state is not None else 0)
     unstructured_moving = cfg.sparse_from_scratch and counts is None
     update_steps = cfg.epochs * steps_per_epoch
+    # GraNet's gradual pruning: the window's steps, and the ERK counts it must end at
+    window = max(1, round(cfg.prune_window * update_steps)) if cfg.initial_density is not None else 0
+    final_counts = sp.erk_counts(model, cfg.sparsity) if window else None
     x_train, y_train = ds.x_train.to(dev), ds.y_train.to(dev)
     bar = tqdm(range(start_epoch, total_epochs), initial=start_epoch, total=total_epochs,
                disable=not (progress and ddp.is_main), desc=f"train {out.name}", unit="epoch")
@@ -277,6 +293,7 @@ def _train(cfg, out_dir, resume, device, progress, download, compact, res):
     comp = None  # the compacted sub-network while a structured mask is on (trainer/compact.py)
     for epoch in bar:
         phase = "finetune" if epoch >= cfg.epochs + cfg.prune_epochs else "prune" if epoch >= cfg.epochs else \
+            "gradual" if epoch * steps_per_epoch < window else \
             ("sparse" if cfg.sparse_from_scratch and epoch >= cfg.dense_epochs else "dense")
         masks_before = [alive.clone() for _, _, alive in sp.alive_masks(model)]
         res.epoch_start()
@@ -310,8 +327,10 @@ def _train(cfg, out_dir, resume, device, progress, download, compact, res):
             for g in step_opt.param_groups:
                 g["lr"] = lr
             fraction = sp.update_fraction(step, update_steps, cfg.update_fraction, cfg.update_end)
-            move = (unstructured_moving and phase == "sparse" and step > 0 and step % cfg.update_every == 0
-                    and fraction > 0)
+            move = (unstructured_moving and phase in ("sparse", "gradual") and step > 0
+                    and step % cfg.update_every == 0 and fraction > 0)
+            done = step + 1  # optimizer steps taken, this one included: the window's last one lands on the target
+            thin = done <= window and (done == window or (step > 0 and step % cfg.update_every == 0))
             res.step_begin((phase, len(yb), eps > 0, kappa < 1, beta > 0, cfg.method, move and cfg.regrow),
                            step_model)
             loss, logits, net = ddp.step(step_model, step_fn, xb, yb, eps, K, cfg.method, beta, kappa)
@@ -331,6 +350,9 @@ def _train(cfg, out_dir, resume, device, progress, download, compact, res):
                 with torch.no_grad():
                     for _, m in prunable(model):
                         m.weight.mul_(m.weight_mask)  # pruned weights stay exactly zero
+            if thin:  # prune towards this step's density first, so RigL's regrown weights get a turn
+                density = sp.gradual_density(done, window, cfg.initial_density, 1 - cfg.sparsity)
+                ddp.update_masks(model, lambda: sp.thin_unstructured(model, density, final_counts))
             if move:
                 ddp.update_masks(model, lambda: sp.prune_regrow(model, fraction, grads,
                                                                 torch.Generator().manual_seed(cfg.seed + step)))

@@ -115,6 +115,8 @@ Examples:
   verisparse train --structure structured --param-budget 20000 --out runs/structured
   # a short dense start, then the largest weights as the mask (more accurate, not the paper's random mask)
   verisparse train --sparsity 0.95 --dense-epochs 5 --epochs 30 --lr 3e-3 --update-every 50 --out runs/ds
+  # start dense and prune gradually to the target over the run while RigL moves the mask (GraNet)
+  verisparse train --sparsity 0.95 --initial-density 1 --epochs 30 --lr 3e-3 --update-every 50 --out runs/gradual
   # the baselines the paper compares with
   verisparse train --baseline dense --out runs/dense
   verisparse train --baseline prune-finetune --sparsity 0.9 --out runs/pf
@@ -150,6 +152,13 @@ Examples:
 @click.option("--dense-epochs", type=int, default=0, show_default=True,
               help="VeriSparse: train dense this many epochs first, then keep the largest weights (or units) as "
                    "the starting mask instead of a random one (measured: bench README).")
+@click.option("--initial-density", type=float, default=None,
+              help="VeriSparse, unstructured: start from a random mask this dense (1: dense) and prune by "
+                   "magnitude to 1 - sparsity on a cubic schedule while RigL moves the mask (GraNet) "
+                   "[default: start at 1 - sparsity, the paper's random mask].")
+@click.option("--prune-window", type=float, default=1.0, show_default=True,
+              help="With --initial-density: fraction of --epochs over which the density falls to its target "
+                   "(measured best: all of them).")
 @click.option("--prune-epochs", type=int, default=None,
               help="hydra: epochs optimising the pruning scores, weights frozen [default: 10% of epochs].")
 @click.option("--finetune-epochs", type=int, default=None, help="prune-finetune, hydra [default: epochs // 2].")
