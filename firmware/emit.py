@@ -135,7 +135,7 @@ def model_c(prog: Program, plan: Plan, source: str) -> str:
             acts = iter(ins)
             ins = [f"{p}_in{j}" if f"in{j}" in l.arrays else next(acts) for j in (1, 2)]
         args = weights + ins + [out]
-        if l.kernel.startswith("vs_conv2d"):
+        if l.kernel.startswith("vs_conv2d") or l.kernel == "vs_depthwise_conv2d":
             args.append(_pointer(plan.where[("scratch", k)]) if l.scratch_bytes else "0")
         calls.append(f"    {l.kernel}(&{p}_params, {', '.join(args)});")
     i, o = (_pointer(plan.where[t.index]) for t in (prog.input, prog.output))
