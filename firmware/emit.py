@@ -108,7 +108,8 @@ def model_c(prog: Program, plan: Plan, source: str) -> str:
         if k in plan.skipped:
             calls.append(f"    /* layer {k}: {l.op} shares its input's bytes */")
             continue
-        parts.append(f"/* {_describe(prog, k, l)}{', in place' if k in plan.in_place else ''} */\n")
+        how = ", in place" if k in plan.in_place else (", over its input" if k in plan.sliding else "")
+        parts.append(f"/* {_describe(prog, k, l)}{how} */\n")
         p = f"l{k}"
         for name, a in l.arrays.items():
             parts.append(c_array(f"{p}_{name}", a))

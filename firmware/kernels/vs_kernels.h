@@ -161,10 +161,14 @@ void vs_concatenation(const vs_concat_params *p, const int8_t *const *in, int8_t
 /* RESHAPE only moves bytes, and only when its output cannot share its input's buffer. */
 void vs_reshape(size_t size, const int8_t *in, int8_t *out);
 
-/* In place (the arena plan, plan.py, relies on it; tests/test_firmware_memory.py replays it):
- * vs_add, vs_sub, vs_mul, vs_maximum, vs_minimum, vs_rescale, vs_logistic, vs_tanh,
- * vs_hard_swish and vs_softmax may be called with out equal to an input of the output's size:
- * they read element i (softmax: row elements) before writing element i and never read an
- * element after writing it. */
+/* Memory contract the arena plan (plan.py) relies on; tests/test_firmware_memory.py replays it.
+ * In place: vs_add, vs_sub, vs_mul, vs_maximum, vs_minimum, vs_rescale, vs_logistic, vs_tanh,
+ *   vs_hard_swish and vs_softmax may be called with out equal to an input of the output's size:
+ *   they read element i (softmax: row elements) before writing element i and never read an
+ *   element after writing it.
+ * Sliding: vs_conv2d, vs_conv2d_sparse, vs_depthwise_conv2d, vs_max_pool2d and vs_average_pool2d
+ *   write output pixels in raster order (row by row, left to right), and once any byte of output
+ *   pixel (oy, ox) is written, read only input rows from oy * stride_h - pad_top on. Their output
+ *   may then start a few rows before their input and run over it. */
 
 #endif
