@@ -6,8 +6,7 @@
  *
  * The params are read into locals first: every int8 store may alias them as far as the
  * compiler knows, which would otherwise reload each field once per output. */
-#include <string.h>
-
+#include "vs_copy.h"
 #include "vs_fixedpoint.h"
 #include "vs_kernels.h"
 #include "vs_simd.h"
@@ -45,18 +44,18 @@ static const int8_t *patch(const vs_conv_params *p, const int8_t *in, int oy, in
     for (int ky = 0; ky < p->k_h; ++ky) {
         const int iy = iy0 + ky * p->dil_h;
         if (iy < 0 || iy >= in_h) {
-            memset(dst, pad, (size_t)k_w * in_c);
+            vs_fill(dst, pad, k_w * in_c);
             dst += k_w * in_c;
         } else if (row_inside) {
-            memcpy(dst, in + (iy * in_w + ix0) * in_c, (size_t)k_w * in_c);
+            vs_copy(dst, in + (iy * in_w + ix0) * in_c, k_w * in_c);
             dst += k_w * in_c;
         } else {
             for (int kx = 0; kx < k_w; ++kx, dst += in_c) {
                 const int ix = ix0 + kx * dil_w;
                 if (ix < 0 || ix >= in_w)
-                    memset(dst, pad, in_c);
+                    vs_fill(dst, pad, in_c);
                 else
-                    memcpy(dst, in + (iy * in_w + ix) * in_c, in_c);
+                    vs_copy(dst, in + (iy * in_w + ix) * in_c, in_c);
             }
         }
     }
@@ -178,26 +177,28 @@ static inline __attribute__((always_inline)) void dot2x2(const int8_t *x, const 
     acc[0] = a00, acc[1] = a01, acc[2] = a10, acc[3] = a11;
 }
 
-/* Every output channel of one pixel: four at a time against the patch x, then one at a time */
-static __attribute__((noinline)) int8_t *one_pixel(const vs_conv_params *p, const int8_t *x,
-                                                               const int8_t *w, int n, int8_t *out)
+/* Output channels oc.. of one pixel (w and out at channel oc): four at a time against the patch
+ * x, then one at a time; one requantization loop serves both, for flash */
+static __attribute__((noinline)) void one_pixel(const vs_conv_params *p, const int8_t *x, const int8_t *w, int n,
+                                                int8_t *out, int oc)
 {
     const int out_c = p->out_c;
     const int32_t *bias = p->bias, *mult = p->mult;
     const int8_t *shift = p->shift;
     const int32_t out_offset = p->out_offset, act_min = p->act_min, act_max = p->act_max;
-    int oc = 0;
-    for (; oc + 4 <= out_c; oc += 4, w += 4 * n) {
-        int32_t acc[4] = {bias[oc], bias[oc + 1], bias[oc + 2], bias[oc + 3]};
-        dot4(x, w, n, acc);
-        *out++ = vs_requantize(acc[0], mult[oc], shift[oc], out_offset, act_min, act_max);
-        *out++ = vs_requantize(acc[1], mult[oc + 1], shift[oc + 1], out_offset, act_min, act_max);
-        *out++ = vs_requantize(acc[2], mult[oc + 2], shift[oc + 2], out_offset, act_min, act_max);
-        *out++ = vs_requantize(acc[3], mult[oc + 3], shift[oc + 3], out_offset, act_min, act_max);
+    while (oc < out_c) {
+        const int k = oc + 4 <= out_c ? 4 : 1;
+        int32_t acc[4] = {bias[oc], 0, 0, 0};
+        if (k == 4) {
+            acc[1] = bias[oc + 1], acc[2] = bias[oc + 2], acc[3] = bias[oc + 3];
+            dot4(x, w, n, acc);
+        } else {
+            acc[0] = dot1(x, w, n, acc[0]);
+        }
+        w += k * n;
+        for (int j = 0; j < k; ++j, ++oc)
+            *out++ = vs_requantize(acc[j], mult[oc], shift[oc], out_offset, act_min, act_max);
     }
-    for (; oc < out_c; ++oc, w += n)
-        *out++ = vs_requantize(dot1(x, w, n, bias[oc]), mult[oc], shift[oc], out_offset, act_min, act_max);
-    return out;
 }
 
 /* Every output channel of two pixels whose patches lie n bytes apart (x and x + n): two
@@ -214,15 +215,13 @@ static __attribute__((noinline)) void two_pixels(const vs_conv_params *p, const 
     for (; oc + 2 <= out_c; oc += 2, w += 2 * n) {
         int32_t acc[4] = {bias[oc], bias[oc + 1], bias[oc], bias[oc + 1]};
         dot2x2(x, w, n, acc);
-        out[oc] = vs_requantize(acc[0], mult[oc], shift[oc], out_offset, act_min, act_max);
-        out[oc + 1] = vs_requantize(acc[1], mult[oc + 1], shift[oc + 1], out_offset, act_min, act_max);
-        out[out_c + oc] = vs_requantize(acc[2], mult[oc], shift[oc], out_offset, act_min, act_max);
-        out[out_c + oc + 1] = vs_requantize(acc[3], mult[oc + 1], shift[oc + 1], out_offset, act_min, act_max);
+        vs_requantize2(acc[0], acc[2], mult[oc], shift[oc], out_offset, act_min, act_max, out + oc, out + out_c + oc);
+        vs_requantize2(acc[1], acc[3], mult[oc + 1], shift[oc + 1], out_offset, act_min, act_max, out + oc + 1,
+                       out + out_c + oc + 1);
     }
-    if (oc < out_c) {
-        out[oc] = vs_requantize(dot1(x, w, n, bias[oc]), mult[oc], shift[oc], out_offset, act_min, act_max);
-        out[out_c + oc] = vs_requantize(dot1(x + n, w, n, bias[oc]), mult[oc], shift[oc], out_offset, act_min,
-                                        act_max);
+    if (oc < out_c) { /* an odd last channel */
+        one_pixel(p, x, w, n, out + oc, oc);
+        one_pixel(p, x + n, w, n, out + out_c + oc, oc);
     }
 }
 
@@ -234,22 +233,21 @@ void vs_conv2d(const vs_conv_params *p, const int8_t *weights, const int8_t *in,
 #if VS_DSP
     const int pixels = out_h * out_w, out_c = p->out_c;
     int px = 0;
-    if (is_pointwise(p)) {
-        for (; px + 2 <= pixels; px += 2, in += 2 * n, out += 2 * out_c) two_pixels(p, in, weights, n, out);
-        if (px < pixels) one_pixel(p, in, weights, n, out);
-        return;
-    }
-    /* otherwise the two patches are gathered side by side in the buffer (2 n bytes) */
+    /* two pixels whose patches lie n bytes apart: side by side in the buffer (2 n bytes), or where
+     * they are in the input for a pointwise convolution, which has no buffer (its size is 0) */
     for (int oy = 0, ox = 0; px + 2 <= pixels; px += 2, out += 2 * out_c) {
         const int8_t *xa = patch(p, in, oy, ox, buffer);
-        if (xa != buffer) memcpy(buffer, xa, (size_t)n);
         if (++ox == out_w) ox = 0, ++oy;
-        const int8_t *xb = patch(p, in, oy, ox, buffer + n);
-        if (xb != buffer + n) memcpy(buffer + n, xb, (size_t)n);
+        const int8_t *xb = patch(p, in, oy, ox, buffer ? buffer + n : buffer);
         if (++ox == out_w) ox = 0, ++oy;
-        two_pixels(p, buffer, weights, n, out);
+        if (buffer && xa != buffer) { /* a 1x1 filter with a stride: patch points into the input */
+            vs_copy(buffer, xa, n);
+            vs_copy(buffer + n, xb, n);
+            xa = buffer;
+        }
+        two_pixels(p, xa, weights, n, out);
     }
-    if (px < pixels) one_pixel(p, patch(p, in, out_h - 1, out_w - 1, buffer), weights, n, out);
+    if (px < pixels) one_pixel(p, patch(p, in, out_h - 1, out_w - 1, buffer), weights, n, out, 0);
 #else
     const int out_c = p->out_c;
     const int32_t *bias = p->bias, *mult = p->mult;

@@ -6,8 +6,7 @@
  * scratch buffer ([k_h][k_w][in_c], vs_depthwise_conv2d_buffer_size bytes). Either way the
  * arithmetic runs without a single bounds test. Channels are innermost: with depth_mult 1
  * (the usual case) and the DSP extension four neighbouring channels share every load. */
-#include <string.h>
-
+#include "vs_copy.h"
 #include "vs_fixedpoint.h"
 #include "vs_kernels.h"
 #include "vs_simd.h"
@@ -35,9 +34,9 @@ static void copy_window(const vs_depthwise_params *p, const int8_t *in, int iy0,
         for (int kx = 0; kx < p->k_w; ++kx, buffer += in_c) {
             const int ix = ix0 + kx * p->dil_w;
             if (iy < 0 || iy >= p->in_h || ix < 0 || ix >= p->in_w)
-                memset(buffer, pad, (size_t)in_c);
+                vs_fill(buffer, pad, in_c);
             else
-                memcpy(buffer, in + (iy * p->in_w + ix) * in_c, (size_t)in_c);
+                vs_copy(buffer, in + (iy * p->in_w + ix) * in_c, in_c);
         }
     }
 }
