@@ -1,7 +1,7 @@
 """The same model through Arm's CMSIS-NN, for the bench's comparison (not part of the product).
 
 Given a project that `verisparse firmware` generated for mps2-an386, writes a second project
-beside it whose vs_model_run calls CMSIS-NN (arm_convolve_wrapper_s8, arm_depthwise_conv_wrapper_s8,
+beside it whose vs_model_invoke calls CMSIS-NN (arm_convolve_wrapper_s8, arm_depthwise_conv_wrapper_s8,
 arm_fully_connected_s8, arm_elementwise_add_s8, arm_avgpool_s8, arm_softmax_s8) with the same
 quantized weights, multipliers and arena offsets, and the same test harness, vectors and linker
 script. CMSIS-NN is built from its public sources with GCC -Ofast for Cortex-M4 with the FPU and
@@ -59,7 +59,7 @@ run: fw.elf
 \t$(QEMU) -kernel fw.elf
 """
 
-HEAD = """/* vs_model_run through CMSIS-NN (bench/cmsis_nn.py); weights and offsets as in ../model.c */
+HEAD = """/* vs_model_invoke through CMSIS-NN (bench/cmsis_nn.py); weights and offsets as in ../model.c */
 #include <string.h>
 
 #include "arm_nnfunctions.h"
@@ -100,8 +100,8 @@ def _c_array(ctype: str, name: str, a) -> str:
 
 
 def _calls(model_c: str) -> list[list[str]]:
-    """the argument lists of vs_model_run's statements in our model.c (None for a comment)"""
-    body = model_c.split("void vs_model_run(", 1)[1].split("{\n", 1)[1].split("\n}", 1)[0]
+    """the argument lists of vs_model_invoke's statements in our model.c (None for a comment)"""
+    body = model_c.split("void vs_model_invoke(", 1)[1].split("{\n", 1)[1].split("\n}", 1)[0]
     out = []
     for line in (l.strip() for l in body.splitlines() if l.strip()):
         m = re.match(r"^(\w+)\((.*)\);$", line)
@@ -110,7 +110,7 @@ def _calls(model_c: str) -> list[list[str]]:
 
 
 def _layer_c(k: int, layer, call) -> tuple[str, str]:
-    """(definitions, the statement in vs_model_run) for layer k"""
+    """(definitions, the statement in vs_model_invoke) for layer k"""
     p, a = layer.params, layer.arrays
     if call is None:
         return "", f"    /* layer {k}: {layer.op} shares its input's bytes */"
@@ -215,9 +215,14 @@ def write_project(src: Path, ours: Path, out: Path, cmsis: Path) -> Path:
         d, stmt = _layer_c(k, layer, call)
         defs.append(d)
         body.append(stmt)
-    (out / "model.c").write_text(HEAD.format(scratch=SCRATCH_BYTES) + "".join(defs)
-                                 + "\nvoid vs_model_run(const int8_t *input, int8_t *output)\n{\n"
-                                 + "\n".join(body) + "\n" + REPORT + "}\n")
+    # the input and output at our arena offsets (vs_model_input/vs_model_output as in our model.c)
+    model_c = (ours / "model.c").read_text()
+    io = model_c[model_c.index("int8_t *vs_model_input(void)"):model_c.index("void vs_model_invoke(void)")]
+    (out / "model.c").write_text(HEAD.format(scratch=SCRATCH_BYTES) + "".join(defs) + "\n" + io
+                                 + "void vs_model_invoke(void)\n{\n" + "\n".join(body) + "\n" + REPORT + "}\n\n"
+                                 + "void vs_model_run(const int8_t *input, int8_t *output)\n{\n"
+                                 "    memcpy(vs_model_input(), input, VS_INPUT_SIZE);\n    vs_model_invoke();\n"
+                                 "    memcpy(output, vs_model_output(), VS_OUTPUT_SIZE);\n}\n")
     qemu = re.search(r"^QEMU\s+:=.*\\\n.*$", (ours / "Makefile").read_text(), re.M).group(0)
     (out / "Makefile").write_text(MAKEFILE.format(nn=nn.resolve(), core=core.resolve(), dirs=" ".join(SOURCES),
                                                   qemu=qemu))

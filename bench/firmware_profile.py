@@ -1,6 +1,6 @@
 """Instructions per layer of a generated firmware project, for the bench (not the product).
 
-Copies the project, puts a SysTick reading between the kernel calls of vs_model_run, runs it
+Copies the project, puts a SysTick reading between the kernel calls of vs_model_invoke, runs it
 once in QEMU with -icount shift=0, and converts ticks to instructions with the harness's own
 calibration loop. The readings themselves cost a few instructions per layer (subtracted:
 the empty reading's cost is measured too)."""
@@ -32,17 +32,17 @@ static void vs_prof_mark(void)
 
 
 def instrument(model_c: str) -> tuple[str, list[str]]:
-    """model.c with a mark before and after every statement of vs_model_run, and the calls"""
-    head, body = model_c.split("void vs_model_run(", 1)
+    """model.c with a mark before and after every statement of vs_model_invoke, and the calls"""
+    head, body = model_c.split("void vs_model_invoke(", 1)
     sig, rest = body.split("{\n", 1)
     inner, tail = rest.split("\n}", 1)
     calls = [l.strip() for l in inner.splitlines() if l.strip()]
     marked = "    vs_prof_count = 0;\n" + MARK + "".join(f"    {c}\n{MARK}" for c in calls) + "    vs_prof_mark();"
-    return head + GLOBALS + "void vs_model_run(" + sig + "{\n" + marked + "\n}" + tail, calls
+    return head + GLOBALS + "void vs_model_invoke(" + sig + "{\n" + marked + "\n}" + tail, calls
 
 
 def layer_instructions(fw_dir: Path) -> list[tuple[str, int]]:
-    """(kernel call, instructions) per statement of vs_model_run, from one run in QEMU"""
+    """(kernel call, instructions) per statement of vs_model_invoke, from one run in QEMU"""
     with tempfile.TemporaryDirectory(prefix="vs-prof-") as tmp:
         d = Path(tmp) / "fw"
         shutil.copytree(fw_dir, d, ignore=shutil.ignore_patterns("*.elf"))  # objects kept: only model.c, main.c change

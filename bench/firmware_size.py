@@ -84,6 +84,7 @@ def _model_rows(models: list[Path], out: Path, vectors: int, cmsis: Path | None)
             cm = f"| {c['instructions']} | {i / c['instructions']:.2f} | {c['flash']} | {c['ram']} | {same}/{vectors} |"
             cm_kinds = _op_kinds(src, r["layers"], layer_instructions(project))
         rows.append(f"| {src.name} | {macs} | {i} | {r['flash']['bytes']} | {r['ram']['bytes']} "
+                    f"| {r['arena']['bytes']} | {r['tflm_arena']['head_bytes']} "
                     f"| {e['tflm']['identical_vectors']}/{e['vectors']} {cm}")
         for kind, (n, work) in sorted(kinds.items()):
             unit = "MAC" if kind.split()[0] in WEIGHTED else "element"
@@ -116,10 +117,11 @@ def main():
     rows, ops = _model_rows(models, Path(args.out) / "models", args.vectors, args.cmsis_nn)
     print("\nOn Cortex-M4 (qemu-system-arm mps2-an386, -icount shift=0): ours arm-none-eabi-gcc -O2 with the DSP "
           "kernels; CMSIS-NN arm-none-eabi-gcc -Ofast -mfloat-abi=hard, same weights and arena. Flash and RAM of "
-          "size.elf (model + kernels + startup; RAM = .data + .bss + measured stack).\n")
-    print("| model | MACs | ours: instructions | flash B | RAM B | exact vs TFLM | CMSIS-NN: instructions "
-          "| ours / CMSIS-NN | flash B | RAM B | CMSIS-NN outputs = ours |")
-    print("|" + "---|" * 11)
+          "size.elf (model + kernels + startup; RAM = .data + .bss + measured stack). Arena: ours planned; TFLM's "
+          "planner: the head of TFLM's arena for the same model (tflm_arena in firmware.json).\n")
+    print("| model | MACs | ours: instructions | flash B | RAM B | arena B | TFLM planner B | exact vs TFLM "
+          "| CMSIS-NN: instructions | ours / CMSIS-NN | flash B | RAM B | CMSIS-NN outputs = ours |")
+    print("|" + "---|" * 13)
     print("\n".join(rows))
     print("\n| model | op | work | ours: instructions per MAC or element | CMSIS-NN |")
     print("|" + "---|" * 5)
