@@ -18,7 +18,8 @@ Three kinds of layer write into their input's bytes:
   write output pixels in raster order and, once pixel p is written, read only input rows from
   p's first window row on (vs_kernels.h). So the output may start `lead` bytes before the input
   and run over it: each output byte lands on input rows no later read needs. lead is the most
-  output written ahead of the first input row still needed, over all output rows.
+  output written ahead of the first input row still needed, over all output rows (and, for a
+  dense pointwise convolution, over its passes of two pixels).
 The caller's input bytes may therefore be overwritten by a run."""
 from __future__ import annotations
 
@@ -36,12 +37,25 @@ IN_PLACE = frozenset({"vs_add", "vs_sub", "vs_mul", "vs_maximum", "vs_minimum", 
 SLIDING = frozenset({"vs_conv2d", "vs_conv2d_sparse", "vs_depthwise_conv2d", "vs_max_pool2d", "vs_average_pool2d"})
 
 
-def _lead(p: dict) -> int:
+def _pointwise(p: dict) -> bool:
+    """A 1x1 convolution of stride 1 without padding: vs_conv2d reads its pixels where they lie."""
+    return (p["k_h"], p["k_w"], p["stride_h"], p["stride_w"], p["pad_top"], p["pad_left"]) == (1, 1, 1, 1, 0, 0) \
+        and (p["in_h"], p["in_w"]) == (p["out_h"], p["out_w"])
+
+
+def _lead(kernel: str, p: dict) -> int:
     """Bytes the output must start before the input: after output row r is written, reads start at
-    input row r * stride - pad_top (or 0), so (r + 1) output rows may not reach past that row's start."""
-    in_row = p["in_w"] * p.get("in_c", p.get("c"))
-    out_row = p["out_w"] * p.get("out_c", p.get("c"))
-    return max((r + 1) * out_row - max(r * p["stride_h"] - p["pad_top"], 0) * in_row for r in range(p["out_h"]))
+    input row r * stride - pad_top (or 0), so (r + 1) output rows may not reach past that row's start.
+    A dense pointwise convolution with the DSP extension runs two pixels per pass (the last row's
+    last pixel with the next row's first), reading both while it writes both (vs_conv.c): a pass's
+    outputs may not reach past its first input pixel either."""
+    in_c, out_c = p.get("in_c", p.get("c")), p.get("out_c", p.get("c"))
+    in_row, out_row = p["in_w"] * in_c, p["out_w"] * out_c
+    lead = max((r + 1) * out_row - max(r * p["stride_h"] - p["pad_top"], 0) * in_row for r in range(p["out_h"]))
+    if kernel == "vs_conv2d" and _pointwise(p):
+        pixels = p["out_h"] * p["out_w"]
+        lead = max(lead, max(min(q + 2, pixels) * out_c - q * in_c for q in range(0, pixels, 2)))
+    return lead
 
 
 def _aligned(n):
@@ -91,7 +105,7 @@ def plan(prog: Program) -> Plan:
     for i, l in enumerate(layers):
         if l.kernel in SLIDING and last_read.get(root(l.inputs[0])) == i and root(l.output) == l.output \
                 and root(l.inputs[0]) != root(prog.output.index):
-            lead[(l.output, root(l.inputs[0]))] = _lead(l.params)
+            lead[(l.output, root(l.inputs[0]))] = _lead(l.kernel, l.params)
 
     size, first, last = {}, {}, {}
     for i, l in enumerate(layers):

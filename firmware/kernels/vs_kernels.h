@@ -169,6 +169,8 @@ void vs_reshape(size_t size, const int8_t *in, int8_t *out);
  * Sliding: vs_conv2d, vs_conv2d_sparse, vs_depthwise_conv2d, vs_max_pool2d and vs_average_pool2d
  *   write output pixels in raster order (row by row, left to right), and once any byte of output
  *   pixel (oy, ox) is written, read only input rows from oy * stride_h - pad_top on. Their output
- *   may then start a few rows before their input and run over it. */
+ *   may then start a few rows before their input and run over it. One exception: a pointwise
+ *   vs_conv2d with the DSP extension runs pixels in pairs (pixels 2i and 2i + 1 in raster order,
+ *   which may lie on two rows) and reads both input pixels until it has written both outputs. */
 
 #endif
