@@ -3,9 +3,10 @@
 Given a project that `verisparse firmware` generated for mps2-an386, writes a second project
 beside it whose vs_model_invoke calls CMSIS-NN (arm_convolve_wrapper_s8, arm_depthwise_conv_wrapper_s8,
 arm_fully_connected_s8, arm_elementwise_add_s8, arm_avgpool_s8, arm_softmax_s8) with the same
-quantized weights, multipliers and arena offsets, and the same test harness, vectors and linker
-script. CMSIS-NN is built from its public sources with GCC -Ofast for Cortex-M4 with the FPU and
-the DSP extension (-mfloat-abi=hard), as an application would build it.
+quantized weights, multipliers and arena plan (less the windowed layers that run over their
+input), and the same test harness, vectors and linker script. CMSIS-NN is built from its public
+sources with GCC -Ofast for Cortex-M4 with the FPU and the DSP extension (-mfloat-abi=hard), as an
+application would build it.
 
 CMSIS_DIR holds CMSIS-NN/ (Include, Source) and CMSIS_6/ (CMSIS/Core/Include); from the mirrors:
     mkdir -p /tmp/cmsis/CMSIS-NN /tmp/cmsis/CMSIS_6
@@ -22,7 +23,9 @@ from unittest import mock
 import numpy as np
 
 from verisparse.errors import VeriSparseError
+from verisparse.firmware import emit
 from verisparse.firmware import lower as lower_mod
+from verisparse.firmware import plan as plan_mod
 from verisparse.firmware import toolchain
 from verisparse.tflite_graph import read_tflite
 
@@ -65,7 +68,7 @@ HEAD = """/* vs_model_invoke through CMSIS-NN (bench/cmsis_nn.py); weights and o
 #include "arm_nnfunctions.h"
 #include "model.h"
 
-static int8_t vs_arena[VS_ARENA_SIZE] __attribute__((aligned(4)));
+static int8_t vs_arena[{arena}] __attribute__((aligned(4)));
 static int8_t scratch[{scratch}] __attribute__((aligned(4)));
 static cmsis_nn_context ctx = {{scratch, {scratch}}};
 
@@ -192,9 +195,15 @@ def write_project(src: Path, ours: Path, out: Path, cmsis: Path) -> Path:
     # CMSIS-NN takes dense weights: keep every layer dense when lowering for it
     with mock.patch.object(lower_mod, "choose", lambda w: None):
         prog = lower_mod.lower(read_tflite(src))
-    calls = _calls((ours / "model.c").read_text())
+    # our arena plan, but no windowed layer's output over its input: CMSIS-NN's kernels do not
+    # promise the access order that needs (element-wise ones in place, as our plan has them, give
+    # the same bytes)
+    with mock.patch.object(plan_mod, "SLIDING", frozenset()):
+        pl = plan_mod.plan(prog)
+    model_c = emit.model_c(prog, pl, src.name)
+    calls = _calls(model_c)
     if len(calls) != len(prog.layers):
-        raise VeriSparseError(f"{ours / 'model.c'}: {len(calls)} statements for {len(prog.layers)} layers")
+        raise VeriSparseError(f"{src}: {len(calls)} statements for {len(prog.layers)} layers")
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
@@ -215,10 +224,9 @@ def write_project(src: Path, ours: Path, out: Path, cmsis: Path) -> Path:
         d, stmt = _layer_c(k, layer, call)
         defs.append(d)
         body.append(stmt)
-    # the input and output at our arena offsets (vs_model_input/vs_model_output as in our model.c)
-    model_c = (ours / "model.c").read_text()
+    # the input and output where that plan puts them (vs_model_input/vs_model_output as emit writes them)
     io = model_c[model_c.index("int8_t *vs_model_input(void)"):model_c.index("void vs_model_invoke(void)")]
-    (out / "model.c").write_text(HEAD.format(scratch=SCRATCH_BYTES) + "".join(defs) + "\n" + io
+    (out / "model.c").write_text(HEAD.format(scratch=SCRATCH_BYTES, arena=pl.arena_bytes) + "".join(defs) + "\n" + io
                                  + "void vs_model_invoke(void)\n{\n" + "\n".join(body) + "\n" + REPORT + "}\n\n"
                                  + "void vs_model_run(const int8_t *input, int8_t *output)\n{\n"
                                  "    memcpy(vs_model_input(), input, VS_INPUT_SIZE);\n    vs_model_invoke();\n"
