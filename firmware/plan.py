@@ -105,7 +105,7 @@ def plan(prog: Program) -> Plan:
     for i, l in enumerate(layers):
         if l.kernel in SLIDING and last_read.get(root(l.inputs[0])) == i and root(l.output) == l.output \
                 and root(l.inputs[0]) != root(prog.output.index):
-            lead[(l.output, root(l.inputs[0]))] = _lead(l.kernel, l.params)
+            lead[(l.output, root(l.inputs[0]))] = _aligned(_lead(l.kernel, l.params))  # tensors stay word-aligned
 
     size, first, last = {}, {}, {}
     for i, l in enumerate(layers):

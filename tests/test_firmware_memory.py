@@ -27,6 +27,7 @@ def _replay(prog, pl):
     a dense pointwise convolution two pixels per pass, as its DSP build runs), element-wise ones
     element by element; others read all inputs, then write the output."""
     g, layers = prog.graph, prog.layers
+    assert all(off % 4 == 0 for _, off in pl.where.values()), "every tensor and scratch buffer starts on a word"
     owner = np.full(pl.arena_bytes, -1, np.int64)
     index = np.full(pl.arena_bytes, -1, np.int64)
     producer = {}  # a reshape's output holds its input's bytes
@@ -152,7 +153,7 @@ def test_mlperf_tiny_arenas_are_no_larger_than_tflms_and_replay_cleanly(capsys):
 
 def test_replay_catches_a_plan_that_overwrites_bytes_still_needed(monkeypatch):
     """The replay is a real check: a lead of 0 lets a convolution's first output pixel overwrite input
-    rows the next pixels read, and an ADD moved one byte up overwrites inputs not read yet."""
+    rows the next pixels read, and an ADD moved a word up overwrites inputs not read yet."""
     import verisparse.firmware.plan as planner
     from firmware_zoo import keras_cnn
     import tempfile
@@ -167,9 +168,12 @@ def test_replay_catches_a_plan_that_overwrites_bytes_still_needed(monkeypatch):
     prog = lower(Graph(t, [Operator("RELU", [0], [1]), Operator("ADD", [1, 1], [2], dict(fused_activation="NONE"))],
                        [0], [2]))
     pl = plan(prog)
-    pl.where[2] = ("arena", pl.where[1][1] + 1)
-    pl.arena_bytes += 1
+    pl.where[2] = ("arena", pl.where[1][1] + 4)
+    pl.arena_bytes += 4
     with pytest.raises(AssertionError, match="overwritten before they were read"):
+        _replay(prog, pl)
+    pl.where[2] = ("arena", pl.where[1][1] + 1)  # and no tensor starts off a word boundary
+    with pytest.raises(AssertionError, match="starts on a word"):
         _replay(prog, pl)
 
 
@@ -251,8 +255,9 @@ def _slide_results(text):
 @pytest.mark.skipif(shutil.which("gcc") is None, reason="needs a host C compiler")
 def test_windowed_kernels_running_over_their_input_give_the_same_bytes_on_the_host(tmp_path):
     """The plain C kernels (M0, M3, host), under ASan/UBSan, with their output `lead` bytes before their
-    input in one buffer (the plan's placement) give the bytes they give with separate buffers. The check
-    is real: with the output placed on the input itself (lead 0), every convolution case differs."""
+    input in one buffer (the least the plan allows; it rounds up to a word) give the bytes they give with
+    separate buffers. The check is real: with the output placed on the input itself (lead 0), every
+    convolution case differs."""
     import subprocess
     here = Path(__file__).resolve().parent
     kernels = here.parent / "firmware" / "kernels"
