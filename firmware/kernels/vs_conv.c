@@ -202,8 +202,8 @@ static __attribute__((noinline)) void one_pixel(const vs_conv_params *p, const i
 }
 
 /* Every output channel of two pixels whose patches lie n bytes apart (x and x + n): two
- * channels at a time through dot2x2, an odd last one through dot1. out: the first pixel's
- * outputs, the second's follow. */
+ * channels at a time through dot2x2, an odd last one through one_pixel for each pixel. out:
+ * the first pixel's outputs, the second's follow. */
 static __attribute__((noinline)) void two_pixels(const vs_conv_params *p, const int8_t *x,
                                                              const int8_t *w, int n, int8_t *out)
 {
