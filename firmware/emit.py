@@ -108,7 +108,8 @@ def model_c(prog: Program, plan: Plan, source: str) -> str:
         if k in plan.skipped:
             calls.append(f"    /* layer {k}: {l.op} shares its input's bytes */")
             continue
-        parts.append(f"/* {_describe(prog, k, l)}{', in place' if k in plan.in_place else ''} */\n")
+        how = ", in place" if k in plan.in_place else (", over its input" if k in plan.sliding else "")
+        parts.append(f"/* {_describe(prog, k, l)}{how} */\n")
         p = f"l{k}"
         for name, a in l.arrays.items():
             parts.append(c_array(f"{p}_{name}", a))
@@ -135,7 +136,7 @@ def model_c(prog: Program, plan: Plan, source: str) -> str:
             acts = iter(ins)
             ins = [f"{p}_in{j}" if f"in{j}" in l.arrays else next(acts) for j in (1, 2)]
         args = weights + ins + [out]
-        if l.kernel.startswith("vs_conv2d"):
+        if l.kernel.startswith("vs_conv2d") or l.kernel == "vs_depthwise_conv2d":
             args.append(_pointer(plan.where[("scratch", k)]) if l.scratch_bytes else "0")
         calls.append(f"    {l.kernel}(&{p}_params, {', '.join(args)});")
     i, o = (_pointer(plan.where[t.index]) for t in (prog.input, prog.output))

@@ -45,7 +45,7 @@ class Layer:
     params: dict  # scalar fields of the C params struct
     arrays: dict = field(default_factory=dict)  # name -> numpy array, emitted as const C arrays
     sparse: SparseWeights | None = None
-    scratch_bytes: int = 0  # vs_conv2d_buffer_size: the input patch, planned in the arena
+    scratch_bytes: int = 0  # the kernel's *_buffer_size (vs_kernels.h), planned in the arena
     dense_weight_bytes: int = 0
     stored_weight_bytes: int = 0
     nonzero_weights: int = 0
@@ -163,8 +163,16 @@ def _conv_like(g, k, op, x, w, y, geometry) -> Layer:
                   nonzero_weights=nnz, dense_macs=pixels * w4.size, effective_macs=pixels * nnz)
     if not sparse:
         layer.arrays["weights"] = w4
-    if (geometry["k_h"], geometry["k_w"]) != (1, 1):
+    # vs_conv2d_buffer_size: two patches side by side, none for a pointwise convolution;
+    # vs_conv2d_sparse_buffer_size: one patch, none for any 1x1 filter
+    g_ = geometry
+    one_by_one = (g_["k_h"], g_["k_w"]) == (1, 1)
+    pointwise = (one_by_one and (g_["stride_h"], g_["stride_w"], g_["pad_top"], g_["pad_left"]) == (1, 1, 0, 0)
+                 and (g_["in_h"], g_["in_w"]) == (g_["out_h"], g_["out_w"]))
+    if sparse and not one_by_one:
         layer.scratch_bytes = w4[0].size
+    elif not sparse and not pointwise:
+        layer.scratch_bytes = 2 * w4[0].size
     return layer
 
 
@@ -218,8 +226,13 @@ def _depthwise(g, k, op):
                   **_window(o, kh, kw, h, wd, oh, ow, where), in_offset=in_offset, out_offset=int(y.zero_point[0]),
                   act_min=lo, act_max=hi)
     nnz = int(np.count_nonzero(w.data))
+    # vs_depthwise_conv2d_buffer_size: one window, when some window reaches over the border
+    p = params
+    border = (p["pad_top"] or p["pad_left"] or (oh - 1) * p["stride_h"] + (kh - 1) * p["dil_h"] - p["pad_top"] >= h
+              or (ow - 1) * p["stride_w"] + (kw - 1) * p["dil_w"] - p["pad_left"] >= wd)
     return Layer("vs_depthwise_conv2d", op.opcode, [x.index], y.index, params,
                  dict(weights=w.data.reshape(kh, kw, oc), bias=bias, mult=mult, shift=shift.astype(np.int8)),
+                 scratch_bytes=kh * kw * c if border else 0,
                  dense_weight_bytes=w.data.size, stored_weight_bytes=w.data.size, nonzero_weights=nnz,
                  dense_macs=oh * ow * w.data.size, effective_macs=oh * ow * nnz)
 

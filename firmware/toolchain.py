@@ -1,8 +1,10 @@
 """Building with make / arm-none-eabi-gcc, running in qemu-system-arm, reading the results."""
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 
@@ -22,12 +24,18 @@ def require(*tools):
 
 def _run(cmd: list[str], what: str, timeout: float) -> subprocess.CompletedProcess:
     """cmd's completed process (its exit status is the caller's to judge); a hang becomes one
-    VeriSparseError that says what to do, not a TimeoutExpired traceback."""
-    try:
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        raise VeriSparseError(f"{what} did not finish within {timeout} s; use fewer --vectors or a smaller "
-                              "model, or check the toolchain with `make toolchain`") from None
+    VeriSparseError that says what to do, not a TimeoutExpired traceback. cmd runs in a process
+    group of its own, killed whole on a hang: make's QEMU would otherwise run on, a core busy."""
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          start_new_session=True) as p:
+        try:
+            out, err = p.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.communicate()
+            raise VeriSparseError(f"{what} did not finish within {timeout} s; use fewer --vectors or a smaller "
+                                  "model, or check the toolchain with `make toolchain`") from None
+    return subprocess.CompletedProcess(cmd, p.returncode, out, err)
 
 
 def make(fw_dir: Path, *targets, timeout=600) -> str:

@@ -217,3 +217,25 @@ def keras_elementwise() -> bytes:
 KERAS_MODELS = {"keras_cnn": keras_cnn, "keras_residual": keras_residual, "keras_mlp": keras_mlp,
                 "keras_heads": keras_heads, "keras_dynamic_batch": keras_dynamic_batch,
                 "keras_elementwise": keras_elementwise}
+
+
+def keras_dsp_edges() -> bytes:
+    """The DSP kernels' edges: depthwise layers of 6 channels (a group of four and two left
+    over) with stride, dilation and padding on every border, a convolution whose patch (54)
+    and output channels (6) are not multiples of four, a strided 1x1 convolution, an average
+    pool of 8 channels with clipped windows, and a fully connected layer of 7."""
+    import tensorflow as tf
+    from tensorflow.keras import layers
+
+    tf.keras.utils.set_random_seed(11)
+    x = inp = layers.Input((9, 7, 6), batch_size=1)
+    x = layers.DepthwiseConv2D(3, strides=2, padding="same", activation="relu")(x)
+    x = layers.DepthwiseConv2D(3, dilation_rate=2, padding="same")(x)
+    x = layers.Conv2D(6, 3, padding="same", activation="relu6")(x)
+    x = layers.Conv2D(8, 1, strides=2)(x)
+    x = layers.AveragePooling2D(2, padding="same")(x)
+    x = layers.Flatten()(x)
+    x = layers.Dense(7)(x)
+    model = tf.keras.Model(inp, x)
+    _perturb(model, 0.3)
+    return _convert(model, (9, 7, 6))

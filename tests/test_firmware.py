@@ -98,16 +98,10 @@ def test_arena_plan_is_minimal_and_never_overlaps_live_tensors(keras_models):
         # greedy placement reaches the bound on chains (one live branch); branching graphs may need more
         chain = name in ("keras_cnn", "keras_residual", "keras_mlp")
         assert pl.arena_bytes == pl.lower_bound_bytes if chain else pl.arena_bytes >= pl.lower_bound_bytes
-        live = []
-        for i, layer in enumerate(prog.layers):
-            for t in [*layer.inputs, layer.output]:
-                kind, off = pl.where[t]
-                if kind == "arena":
-                    live.append((off, off + int(np.prod(prog.graph.tensors[t].shape)), i))
-        for a0, a1, i in live:
-            for b0, b1, j in live:
-                if i == j and (a0, a1) != (b0, b1):
-                    assert a1 <= b0 or b1 <= a0, "two tensors of one layer share bytes"
+        # tensors of one layer share bytes only as the kernels' access order allows (vs_kernels.h):
+        # replayed byte by byte, no byte is overwritten while a later read needs it
+        from test_firmware_memory import _replay
+        _replay(prog, pl)
 
 
 def _expected(path, prog, n=200):
@@ -183,8 +177,9 @@ def test_model_larger_than_the_board_says_the_numbers(tmp_path):
     code, out = _cli("firmware", path, "--board", "generic", "--out", tmp_path / "fw")
     assert code == 2 and "+ 15360000 for 200 test vectors" in out and "more than generic's 1048576 bytes" in out
     code, out = _cli("firmware", path, "--board", "generic", "--out", tmp_path / "fw", "--vectors", 1)
-    # conv 2's input (160x160x8) and output (158x158x4) plus its 72-byte patch buffer, all in the arena
-    assert code == 2 and "needs 304728 bytes of activation arena (input and output included)" in out, out
+    # conv 2's output (158x158x4) runs over its input (160x160x8), so conv 1 needs the most: its input
+    # (160x160x3), output (160x160x8) and scratch (two 3x3x3 patches, 54 bytes, 56 aligned), all in the arena
+    assert code == 2 and "needs 281656 bytes of activation arena (input and output included)" in out, out
     assert "more than generic's 131072 bytes of RAM" in out
 
 
@@ -241,3 +236,32 @@ def test_generated_project_compiles_for_every_board_without_warnings(keras_model
         generate_firmware(keras_models["keras_residual"], board, out, vectors=4)
         subprocess.run(["make", "-s", "-C", str(out), "all"], check=True, capture_output=True)
         assert (out / "fw.elf").exists() and (out / "size.elf").exists()
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="needs a host C compiler")
+def test_single_product_requantization_matches_the_definition(tmp_path):
+    """vs_mbqm_pos (one 64-bit multiply-accumulate and one shift, used by every kernel's
+    requantization) against the two-rounding definition, under ASan/UBSan: random and edge
+    accumulators, multipliers 0, 2^30, 2^31 - 1 and random, every shift from -31 to 30."""
+    from pathlib import Path
+    rng = np.random.default_rng(3)
+    cases = []
+    edges = [0, 1, -1, 2, -2, 2 ** 31 - 1, -2 ** 31, -2 ** 31 + 1, 2 ** 30, -2 ** 30]
+    for shift in range(-31, 31):
+        for mult in [0, 2 ** 30, 2 ** 31 - 1, *rng.integers(2 ** 30, 2 ** 31, 6)]:
+            xs = edges + list(rng.integers(-2 ** 31, 2 ** 31, 12)) + list(rng.integers(-2 ** 12, 2 ** 12, 12))
+            for x in xs:
+                x = int(x) >> shift if shift > 0 else int(x)  # left shifts only where the value still fits
+                cases.append((x, int(mult), shift))
+    src = tmp_path / "mbqm.c"
+    src.write_text('#include <stdio.h>\n#include "vs_fixedpoint.h"\nint main(void)\n{\n    long x, m, s;\n'
+                   '    while (scanf("%ld %ld %ld", &x, &m, &s) == 3)\n'
+                   '        printf("%ld\\n", (long)vs_mbqm_pos((int32_t)x, (int32_t)m, (int32_t)s));\n'
+                   '    return 0;\n}\n')
+    kernels = Path(__file__).resolve().parents[1] / "firmware" / "kernels"
+    exe = tmp_path / "mbqm"
+    subprocess.run(["gcc", "-std=c99", "-O1", "-fsanitize=address,undefined", "-fno-sanitize-recover=all",
+                    f"-I{kernels}", str(src), "-o", str(exe)], check=True)
+    out = subprocess.run([str(exe)], input="\n".join(f"{x} {m} {s}" for x, m, s in cases), capture_output=True,
+                         text=True, check=True).stdout.split()
+    assert [int(v) for v in out] == [_gemmlowp(x, m, s) for x, m, s in cases]

@@ -4,7 +4,9 @@ differ from the interpreters' is a negative verdict (exit 1) recorded in firmwar
 failed run leaves no report claiming exactness for other files, and a hanging or failing
 toolchain is one VeriSparseError that says what to do."""
 import json
+import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -172,12 +174,34 @@ def test_a_failed_run_leaves_no_stale_firmware_json(fake_model, tmp_path, monkey
 
 # --- the toolchain -----------------------------------------------------------------------------
 
-def test_a_hanging_build_or_emulator_is_one_clear_message(tmp_path, monkeypatch):
-    def hang(cmd, **kw):
-        raise subprocess.TimeoutExpired(cmd, kw["timeout"])
+class _Process:
+    """What toolchain._run sees of subprocess.Popen: a command that hangs past any timeout, or one
+    that ends at once with `returncode` and `stderr`."""
+    def __init__(self, hang=False, returncode=0, stderr=""):
+        self.hang, self.returncode, self.stderr, self.pid = hang, returncode, stderr, None
 
+    def __call__(self, cmd, **kw):
+        assert kw["start_new_session"]  # its own process group, so a hang kills make's children too
+        self.cmd, self.pid = cmd, 999999
+        return self
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def communicate(self, timeout=None):
+        if self.hang and timeout is not None:
+            raise subprocess.TimeoutExpired(self.cmd, timeout)
+        return "", self.stderr
+
+
+def test_a_hanging_build_or_emulator_is_one_clear_message(tmp_path, monkeypatch):
+    killed = []
     monkeypatch.setattr(toolchain, "require", lambda *tools: None)
-    monkeypatch.setattr(toolchain.subprocess, "run", hang)
+    monkeypatch.setattr(toolchain.subprocess, "Popen", _Process(hang=True))
+    monkeypatch.setattr(toolchain.os, "killpg", lambda pid, sig: killed.append(pid))
     with pytest.raises(VeriSparseError, match=r"building the firmware \(make all\) did not finish within 5 s; "
                                               "use fewer --vectors"):
         toolchain.make(tmp_path, "all", timeout=5)
@@ -187,17 +211,33 @@ def test_a_hanging_build_or_emulator_is_one_clear_message(tmp_path, monkeypatch)
         toolchain.run_host(tmp_path, timeout=3)
     with pytest.raises(VeriSparseError, match="arm-none-eabi-size did not finish within 60 s"):
         toolchain.section_sizes(tmp_path / "size.elf")
+    assert killed == [999999] * 4
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_a_hanging_emulator_does_not_outlive_its_timeout(tmp_path, monkeypatch):
+    """make's child (QEMU in a generated project) is killed with make, not left running."""
+    import os
+    import time
+    (tmp_path / "Makefile").write_text("run:\n\tsh -c 'echo $$$$ > child.pid; exec sleep 60'\n")
+    monkeypatch.setattr(toolchain, "require", lambda *tools: None)
+    with pytest.raises(VeriSparseError, match="the firmware in QEMU did not finish within 1 s"):
+        toolchain.run_qemu(tmp_path, timeout=1)
+    pid = int((tmp_path / "child.pid").read_text())
+    for _ in range(50):  # killed, then reaped once its parent is gone
+        stat = Path(f"/proc/{pid}/stat")
+        if not stat.exists() or stat.read_text().split(") ")[1].startswith("Z"):
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(pid, 9)
+        raise AssertionError("make's child outlived the timeout")
 
 
 def test_a_failing_size_tool_is_one_clear_message(tmp_path, monkeypatch):
-    def failing(cmd, check=False, **kw):
-        err = "arm-none-eabi-size: size.elf: file format not recognized\n"
-        if check:  # what subprocess.run(check=True) does: a CalledProcessError traceback, exit 3
-            raise subprocess.CalledProcessError(1, cmd, "", err)
-        return subprocess.CompletedProcess(cmd, 1, "", err)
-
     monkeypatch.setattr(toolchain, "require", lambda *tools: None)
-    monkeypatch.setattr(toolchain.subprocess, "run", failing)
+    monkeypatch.setattr(toolchain.subprocess, "Popen",
+                        _Process(returncode=1, stderr="arm-none-eabi-size: size.elf: file format not recognized\n"))
     with pytest.raises(VeriSparseError, match="arm-none-eabi-size could not read .*file format not recognized; "
                                               "check the toolchain"):
         toolchain.section_sizes(tmp_path / "size.elf")

@@ -2,6 +2,7 @@
 the new ops on graphs built in Python (seconds), and (slow) the MLPerf Tiny reference models,
 SOFTMAX included, byte for byte against TFLM in QEMU and on the host under ASan/UBSan."""
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -187,3 +188,55 @@ def test_keras_models_with_the_new_ops_are_bit_exact_in_qemu(tmp_path):
             assert e["exact"] and e["tflm"]["identical_vectors"] == 200, (src.stem, board, e)
     assert ops >= {"SOFTMAX", "MEAN", "CONCATENATION", "RELU", "RELU6", "LEAKY_RELU", "QUANTIZE", "MUL", "SUB",
                    "MAXIMUM", "MINIMUM", "LOGISTIC", "TANH", "HARD_SWISH"}
+
+
+@needs_arm
+@pytest.mark.slow
+def test_dsp_kernels_match_plain_c_and_tflm_at_their_edges(tmp_path):
+    """Channel counts and patch sizes that are not multiples of four, stride, dilation and padding
+    on every border: the DSP kernels (Cortex-M4, M33) and the plain C ones (Cortex-M3, and the host
+    under ASan/UBSan) give TFLM's bytes on 200 vectors, and only the DSP builds contain SMLAD."""
+    from firmware_zoo import keras_dsp_edges
+    src = tmp_path / "dsp_edges.tflite"
+    src.write_bytes(keras_dsp_edges())
+    prog = lower(read_tflite(src))
+    kernels = [l.kernel for l in prog.layers]
+    assert kernels.count("vs_depthwise_conv2d") == 2 and "vs_average_pool2d" in kernels
+    for board, dsp in (("mps2-an385", False), ("mps2-an386", True), ("mps2-an505", True)):
+        fw = tmp_path / board
+        r = generate_firmware(src, board, fw, run=True, vectors=200)
+        e = r["exactness"]
+        assert e["exact"] and e["tflm"]["identical_vectors"] == 200, (board, e)
+        disasm = subprocess.run(["arm-none-eabi-objdump", "-d", str(fw / "build/kernels/vs_conv.o")],
+                                capture_output=True, text=True, check=True).stdout
+        assert ("smlad" in disasm) == dsp, board
+    vec = make_vectors(200, prog.input.shape[1:], float(prog.input.scale[0]), int(prog.input.zero_point[0]))
+    host = toolchain.parse_outputs(toolchain.run_host(tmp_path / "mps2-an386"), 200, int(np.prod(prog.output.shape)))
+    np.testing.assert_array_equal(host, run_tflm(src.read_bytes(), prog, vec))
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="needs a host C compiler")
+def test_planned_scratch_equals_the_kernels_buffer_size_functions(tmp_path):
+    """The arena plan reserves what each kernel's *_buffer_size function says it needs: dense and
+    sparse convolutions (two patches, one patch, none for pointwise or 1x1) and depthwise layers
+    with and without border windows."""
+    from firmware_zoo import keras_cnn, keras_dsp_edges
+    sizes = {"vs_conv2d": "vs_conv2d_buffer_size", "vs_conv2d_sparse": "vs_conv2d_sparse_buffer_size",
+             "vs_depthwise_conv2d": "vs_depthwise_conv2d_buffer_size"}
+    seen = set()
+    for build in (keras_dsp_edges, keras_cnn):
+        src = tmp_path / f"{build.__name__}.tflite"
+        src.write_bytes(build())
+        fw = tmp_path / build.__name__
+        generate_firmware(src, "mps2-an386", fw, vectors=1)
+        layers = [(k, l) for k, l in enumerate(lower(read_tflite(src)).layers) if l.kernel in sizes]
+        seen |= {(l.kernel, l.scratch_bytes > 0) for _, l in layers}
+        main = "".join(f'    printf("%u\\n", (unsigned){sizes[l.kernel]}(&l{k}_params));\n' for k, l in layers)
+        (fw / "sizes.c").write_text(f'#include <stdio.h>\n#include "model.c"\nint main(void)\n{{\n{main}'
+                                    '    return 0;\n}\n')
+        exe = fw / "sizes"
+        subprocess.run(["gcc", "-std=c99", f"-I{fw}", f"-I{fw / 'kernels'}", str(fw / "sizes.c"),
+                        *map(str, sorted((fw / "kernels").glob("*.c"))), "-o", str(exe)], check=True)
+        out = subprocess.run([str(exe)], capture_output=True, text=True, check=True).stdout.split()
+        assert [int(v) for v in out] == [l.scratch_bytes for _, l in layers], build.__name__
+    assert {("vs_conv2d", True), ("vs_conv2d", False), ("vs_depthwise_conv2d", True)} <= seen, seen

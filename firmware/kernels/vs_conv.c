@@ -1,15 +1,30 @@
 /* CONV_2D with dense or sparse weights (FULLY_CONNECTED runs here as a 1x1 convolution).
  * For each output pixel the input patch is gathered once (im2col, as CMSIS-NN does) and
- * every output channel is a dot product with it.
+ * every output channel is a dot product with it. With the DSP extension two pixels' patches
+ * go side by side and each pass multiplies them with two output channels (SMLAD), so every
+ * weight and input word is loaded and sign-extended once for two products.
  *
  * The params are read into locals first: every int8 store may alias them as far as the
  * compiler knows, which would otherwise reload each field once per output. */
-#include <string.h>
-
+#include "vs_copy.h"
 #include "vs_fixedpoint.h"
 #include "vs_kernels.h"
+#include "vs_simd.h"
+
+/* A pointwise convolution (1x1, stride 1, no padding) reads its patches where they are: the
+ * image is a matrix of pixels in_c bytes apart. */
+static int is_pointwise(const vs_conv_params *p)
+{
+    return p->k_h == 1 && p->k_w == 1 && p->stride_h == 1 && p->stride_w == 1 && p->pad_top == 0 &&
+           p->pad_left == 0 && p->in_h == p->out_h && p->in_w == p->out_w;
+}
 
 size_t vs_conv2d_buffer_size(const vs_conv_params *p)
+{
+    return is_pointwise(p) ? 0 : (size_t)2 * p->k_h * p->k_w * p->in_c;
+}
+
+size_t vs_conv2d_sparse_buffer_size(const vs_conv_params *p)
 {
     return p->k_h == 1 && p->k_w == 1 ? 0 : (size_t)p->k_h * p->k_w * p->in_c;
 }
@@ -29,27 +44,212 @@ static const int8_t *patch(const vs_conv_params *p, const int8_t *in, int oy, in
     for (int ky = 0; ky < p->k_h; ++ky) {
         const int iy = iy0 + ky * p->dil_h;
         if (iy < 0 || iy >= in_h) {
-            memset(dst, pad, (size_t)k_w * in_c);
+            vs_fill(dst, pad, k_w * in_c);
             dst += k_w * in_c;
         } else if (row_inside) {
-            memcpy(dst, in + (iy * in_w + ix0) * in_c, (size_t)k_w * in_c);
+            vs_copy(dst, in + (iy * in_w + ix0) * in_c, k_w * in_c);
             dst += k_w * in_c;
         } else {
             for (int kx = 0; kx < k_w; ++kx, dst += in_c) {
                 const int ix = ix0 + kx * dil_w;
                 if (ix < 0 || ix >= in_w)
-                    memset(dst, pad, in_c);
+                    vs_fill(dst, pad, in_c);
                 else
-                    memcpy(dst, in + (iy * in_w + ix) * in_c, in_c);
+                    vs_copy(dst, in + (iy * in_w + ix) * in_c, in_c);
             }
         }
     }
     return buffer;
 }
 
+#if VS_DSP
+/* Four output channels against one patch: each word of the patch is sign-extended once and
+ * serves all four; each weight word costs one load, two SXTB16 and two SMLAD. Written in
+ * assembly because gcc 12 spills here: the loop needs 13 registers, rows 1 and 3 are read at
+ * offset n from rows 0 and 2 to keep it there. */
+static inline __attribute__((always_inline)) void dot4(const int8_t *x, const int8_t *w, int n, int32_t *acc)
+{
+    const int8_t *wa = w, *wb = w + 2 * n, *const end = x + (n & ~3);
+    int32_t a0 = acc[0], a1 = acc[1], a2 = acc[2], a3 = acc[3];
+    if (x != end) {
+        int32_t xv, xe, wv, we;
+#define VS_ROW(a, addr)                     \
+    "ldr %[wv], " addr "\n\t"               \
+    "sxtb16 %[we], %[wv]\n\t"               \
+    "sxtb16 %[wv], %[wv], ror #8\n\t"       \
+    "smlad %[" a "], %[we], %[xe], %[" a "]\n\t" \
+    "smlad %[" a "], %[wv], %[xv], %[" a "]\n\t"
+#define VS_STEP                             \
+    "ldr %[xv], [%[x]], #4\n\t"             \
+    "sxtb16 %[xe], %[xv]\n\t"               \
+    "sxtb16 %[xv], %[xv], ror #8\n\t"       \
+    VS_ROW("a1", "[%[wa], %[n]]")           \
+    VS_ROW("a0", "[%[wa]], #4")             \
+    VS_ROW("a3", "[%[wb], %[n]]")           \
+    VS_ROW("a2", "[%[wb]], #4")
+        /* two words per turn of the loop; an odd word count enters at the second */
+        __asm volatile(
+            "tst %[n], #4\n\t"
+            "bne 2f\n"
+            "1:\n\t"
+            VS_STEP
+            "2:\n\t"
+            VS_STEP
+            "cmp %[x], %[end]\n\t"
+            "bne 1b"
+            : [x] "+r"(x), [wa] "+r"(wa), [wb] "+r"(wb), [a0] "+r"(a0), [a1] "+r"(a1), [a2] "+r"(a2),
+              [a3] "+r"(a3), [xv] "=&r"(xv), [xe] "=&r"(xe), [wv] "=&r"(wv), [we] "=&r"(we)
+            : [n] "r"(n), [end] "r"(end)
+            : "cc", "memory");
+#undef VS_STEP
+#undef VS_ROW
+    }
+    for (int i = 0; i < (n & 3); ++i) {
+        a0 += wa[i] * x[i];
+        a1 += wa[n + i] * x[i];
+        a2 += wb[i] * x[i];
+        a3 += wb[n + i] * x[i];
+    }
+    acc[0] = a0, acc[1] = a1, acc[2] = a2, acc[3] = a3;
+}
+
+static int32_t dot1(const int8_t *x, const int8_t *w, int n, int32_t acc)
+{
+    int i = 0;
+    for (; i + 4 <= n; i += 4) {
+        const int32_t xv = vs_read4(x + i), wv = vs_read4(w + i);
+        acc = __smlad(vs_even16(wv), vs_even16(xv), __smlad(vs_odd16(wv), vs_odd16(xv), acc));
+    }
+    for (; i < n; ++i) acc += w[i] * x[i];
+    return acc;
+}
+
+/* Two pixels against two output channels (pointwise convolutions, whose pixels lie n bytes
+ * apart like the weight rows): each weight word is loaded and sign-extended once for both
+ * pixels and each input word once for both channels. 14 registers: all there are. */
+static inline __attribute__((always_inline)) void dot2x2(const int8_t *x, const int8_t *w, int n, int32_t *acc)
+{
+    const int8_t *const end = x + (n & ~3);
+    int32_t a00 = acc[0], a01 = acc[1], a10 = acc[2], a11 = acc[3];
+    if (x != end) {
+        int32_t xa, xao, xb, xbo, we, wo;
+#define VS_COL(p0, p1)                                \
+    "sxtb16 %[we], %[wo]\n\t"                          \
+    "sxtb16 %[wo], %[wo], ror #8\n\t"                  \
+    "smlad %[" p0 "], %[we], %[xa], %[" p0 "]\n\t"     \
+    "smlad %[" p0 "], %[wo], %[xao], %[" p0 "]\n\t"    \
+    "smlad %[" p1 "], %[we], %[xb], %[" p1 "]\n\t"     \
+    "smlad %[" p1 "], %[wo], %[xbo], %[" p1 "]\n\t"
+#define VS_STEP                                 \
+    "ldr %[xb], [%[x], %[n]]\n\t"               \
+    "ldr %[xa], [%[x]], #4\n\t"                 \
+    "sxtb16 %[xao], %[xa], ror #8\n\t"          \
+    "sxtb16 %[xa], %[xa]\n\t"                   \
+    "sxtb16 %[xbo], %[xb], ror #8\n\t"          \
+    "sxtb16 %[xb], %[xb]\n\t"                   \
+    "ldr %[wo], [%[w], %[n]]\n\t"               \
+    VS_COL("a01", "a11")                        \
+    "ldr %[wo], [%[w]], #4\n\t"                 \
+    VS_COL("a00", "a10")
+        /* two words per turn of the loop; an odd word count enters at the second */
+        __asm volatile(
+            "tst %[n], #4\n\t"
+            "bne 2f\n"
+            "1:\n\t"
+            VS_STEP
+            "2:\n\t"
+            VS_STEP
+            "cmp %[x], %[end]\n\t"
+            "bne 1b"
+            : [x] "+r"(x), [w] "+r"(w), [a00] "+r"(a00), [a01] "+r"(a01), [a10] "+r"(a10), [a11] "+r"(a11),
+              [xa] "=&r"(xa), [xao] "=&r"(xao), [xb] "=&r"(xb), [xbo] "=&r"(xbo), [we] "=&r"(we), [wo] "=&r"(wo)
+            : [n] "r"(n), [end] "r"(end)
+            : "cc", "memory");
+#undef VS_STEP
+#undef VS_COL
+    }
+    for (int i = 0; i < (n & 3); ++i) {
+        a00 += w[i] * x[i];
+        a01 += w[n + i] * x[i];
+        a10 += w[i] * x[n + i];
+        a11 += w[n + i] * x[n + i];
+    }
+    acc[0] = a00, acc[1] = a01, acc[2] = a10, acc[3] = a11;
+}
+
+/* Output channels oc.. of one pixel (w and out at channel oc): four at a time against the patch
+ * x, then one at a time; one requantization loop serves both, for flash */
+static __attribute__((noinline)) void one_pixel(const vs_conv_params *p, const int8_t *x, const int8_t *w, int n,
+                                                int8_t *out, int oc)
+{
+    const int out_c = p->out_c;
+    const int32_t *bias = p->bias, *mult = p->mult;
+    const int8_t *shift = p->shift;
+    const int32_t out_offset = p->out_offset, act_min = p->act_min, act_max = p->act_max;
+    while (oc < out_c) {
+        const int k = oc + 4 <= out_c ? 4 : 1;
+        int32_t acc[4] = {bias[oc], 0, 0, 0};
+        if (k == 4) {
+            acc[1] = bias[oc + 1], acc[2] = bias[oc + 2], acc[3] = bias[oc + 3];
+            dot4(x, w, n, acc);
+        } else {
+            acc[0] = dot1(x, w, n, acc[0]);
+        }
+        w += k * n;
+        for (int j = 0; j < k; ++j, ++oc)
+            *out++ = vs_requantize(acc[j], mult[oc], shift[oc], out_offset, act_min, act_max);
+    }
+}
+
+/* Every output channel of two pixels whose patches lie n bytes apart (x and x + n): two
+ * channels at a time through dot2x2, an odd last one through one_pixel for each pixel. out:
+ * the first pixel's outputs, the second's follow. */
+static __attribute__((noinline)) void two_pixels(const vs_conv_params *p, const int8_t *x,
+                                                             const int8_t *w, int n, int8_t *out)
+{
+    const int out_c = p->out_c;
+    const int32_t *bias = p->bias, *mult = p->mult;
+    const int8_t *shift = p->shift;
+    const int32_t out_offset = p->out_offset, act_min = p->act_min, act_max = p->act_max;
+    int oc = 0;
+    for (; oc + 2 <= out_c; oc += 2, w += 2 * n) {
+        int32_t acc[4] = {bias[oc], bias[oc + 1], bias[oc], bias[oc + 1]};
+        dot2x2(x, w, n, acc);
+        vs_requantize2(acc[0], acc[2], mult[oc], shift[oc], out_offset, act_min, act_max, out + oc, out + out_c + oc);
+        vs_requantize2(acc[1], acc[3], mult[oc + 1], shift[oc + 1], out_offset, act_min, act_max, out + oc + 1,
+                       out + out_c + oc + 1);
+    }
+    if (oc < out_c) { /* an odd last channel */
+        one_pixel(p, x, w, n, out + oc, oc);
+        one_pixel(p, x + n, w, n, out + out_c + oc, oc);
+    }
+}
+
+#endif
+
 void vs_conv2d(const vs_conv_params *p, const int8_t *weights, const int8_t *in, int8_t *out, int8_t *buffer)
 {
-    const int n = p->k_h * p->k_w * p->in_c, out_h = p->out_h, out_w = p->out_w, out_c = p->out_c;
+    const int n = p->k_h * p->k_w * p->in_c, out_h = p->out_h, out_w = p->out_w;
+#if VS_DSP
+    const int pixels = out_h * out_w, out_c = p->out_c;
+    int px = 0;
+    /* two pixels whose patches lie n bytes apart: side by side in the buffer (2 n bytes), or where
+     * they are in the input for a pointwise convolution, which has no buffer (its size is 0) */
+    for (int oy = 0, ox = 0; px + 2 <= pixels; px += 2, out += 2 * out_c) {
+        const int8_t *xa = patch(p, in, oy, ox, buffer);
+        if (++ox == out_w) ox = 0, ++oy;
+        const int8_t *xb = patch(p, in, oy, ox, buffer ? buffer + n : buffer);
+        if (++ox == out_w) ox = 0, ++oy;
+        if (buffer && xa != buffer) { /* a 1x1 filter with a stride: patch points into the input */
+            vs_copy(buffer, xa, n);
+            vs_copy(buffer + n, xb, n);
+            xa = buffer;
+        }
+        two_pixels(p, xa, weights, n, out);
+    }
+    if (px < pixels) one_pixel(p, patch(p, in, out_h - 1, out_w - 1, buffer), weights, n, out, 0);
+#else
+    const int out_c = p->out_c;
     const int32_t *bias = p->bias, *mult = p->mult;
     const int8_t *shift = p->shift;
     const int32_t out_offset = p->out_offset, act_min = p->act_min, act_max = p->act_max;
@@ -64,6 +264,7 @@ void vs_conv2d(const vs_conv_params *p, const int8_t *weights, const int8_t *in,
             }
         }
     }
+#endif
 }
 
 void vs_conv2d_sparse(const vs_conv_params *p, const vs_sparse *weights, const int8_t *in, int8_t *out,

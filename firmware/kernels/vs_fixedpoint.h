@@ -30,15 +30,68 @@ static inline int32_t vs_mbqm(int32_t x, int32_t mult, int32_t shift)
     return (high >> right) + ((high & mask) > threshold);
 }
 
+/* vs_mbqm for a multiplier that is not negative, as every multiplier lower.py computes is
+ * (it refuses any outside [0, 2^31)): the one product that saturates needs mult = INT32_MIN,
+ * so its test is left out, and with a right shift (shift < 0, M < 1/2) the two roundings
+ * fold into one 64-bit multiply-accumulate and one shift:
+ *   high = floor((x * mult + 2^30) / 2^31), result = (high + 2^(r-1) - (high < 0)) >> r
+ *   so result = floor((x * mult + 2^30 + (2^(r-1) - neg) * 2^31) / 2^(31+r)), r = -shift,
+ * where neg = (high < 0) equals (x < 0) whenever it matters: mult is 0 or at least 2^30, and
+ * the x < 0 with high = 0 cases give 0 either way (the added term stays below 2^(30+r)).
+ * The top word of the 64-bit sum, shifted by r - 1, is the result. */
+static inline int32_t vs_mbqm_right(int32_t x, int32_t mult, int32_t r1)
+{
+    /* r1 = -shift - 1 >= 0 */
+    const uint32_t c = (UINT32_C(1) << r1) - ((uint32_t)x >> 31);
+    const int64_t bias = (int64_t)(((uint64_t)(c >> 1) << 32) | ((c & 1u) << 31) | (UINT32_C(1) << 30));
+    const int64_t z = (int64_t)x * mult + bias;
+    return (int32_t)(z >> 32) >> r1;
+}
+
+/* shift >= 0 (M >= 1/2): no right shift, one rounding. Rare in convolutions (their output scale
+ * is usually far above the input's times the weights'), so out of line: flash */
+static __attribute__((noinline, unused)) int32_t vs_mbqm_left(int32_t x, int32_t mult, int32_t shift)
+{
+    const int64_t ab = (int64_t)(int32_t)((uint32_t)x << shift) * mult;
+    return (int32_t)((ab + (INT64_C(1) << 30)) >> 31);
+}
+
+static inline int32_t vs_mbqm_pos(int32_t x, int32_t mult, int32_t shift)
+{
+    if (__builtin_expect(shift < 0, 1)) return vs_mbqm_right(x, mult, -shift - 1); /* the usual case: M < 1/2 */
+    return vs_mbqm_left(x, mult, shift);
+}
+
 /* Requantize an int32 accumulator to int8: scale, add the output zero point, clamp to the
  * fused activation's range (which lies inside [-128, 127]). */
-static inline int8_t vs_requantize(int32_t acc, int32_t mult, int32_t shift, int32_t out_offset,
-                                   int32_t act_min, int32_t act_max)
+static inline int8_t vs_clamp8(int32_t v, int32_t act_min, int32_t act_max)
 {
-    int32_t v = vs_mbqm(acc, mult, shift) + out_offset;
     v = v < act_min ? act_min : v;
     v = v > act_max ? act_max : v;
     return (int8_t)v;
+}
+
+static inline int8_t vs_requantize(int32_t acc, int32_t mult, int32_t shift, int32_t out_offset,
+                                   int32_t act_min, int32_t act_max)
+{
+    return vs_clamp8(vs_mbqm_pos(acc, mult, shift) + out_offset, act_min, act_max);
+}
+
+/* vs_requantize of two accumulators of one output channel (two pixels): the multiplier's loads,
+ * the rounding constant and the test of the shift's sign serve both */
+static inline void vs_requantize2(int32_t a, int32_t b, int32_t mult, int32_t shift, int32_t out_offset,
+                                  int32_t act_min, int32_t act_max, int8_t *out_a, int8_t *out_b)
+{
+    int32_t qa, qb;
+    if (__builtin_expect(shift < 0, 1)) {
+        qa = vs_mbqm_right(a, mult, -shift - 1);
+        qb = vs_mbqm_right(b, mult, -shift - 1);
+    } else {
+        qa = vs_mbqm_left(a, mult, shift);
+        qb = vs_mbqm_left(b, mult, shift);
+    }
+    *out_a = vs_clamp8(qa + out_offset, act_min, act_max);
+    *out_b = vs_clamp8(qb + out_offset, act_min, act_max);
 }
 
 /* gemmlowp's fixed-point primitives on int32, as TFLM's SOFTMAX, LOGISTIC and TANH use them.

@@ -7,8 +7,8 @@
  *   sum w * (x - zp_in) + b  ==  sum w * x + (b - zp_in * sum w)
  * so the inner loop is one multiply-accumulate. Padding holds the input zero point, which
  * contributes nothing: CONV_2D copies each output pixel's patch, padding included, into a
- * scratch buffer (vs_conv2d_buffer_size bytes, planned in the arena); DEPTHWISE_CONV_2D
- * takes the folded term back for taps that fall on padding. */
+ * scratch buffer (vs_conv2d_buffer_size bytes, planned in the arena), and DEPTHWISE_CONV_2D
+ * does the same for the windows on the image's border (vs_depthwise_conv2d_buffer_size). */
 #ifndef VS_KERNELS_H
 #define VS_KERNELS_H
 
@@ -64,9 +64,12 @@ typedef struct {
     int32_t act_min, act_max;
 } vs_add_params;
 
-/* Scratch bytes vs_conv2d and vs_conv2d_sparse need: k_h * k_w * in_c, or 0 for 1x1
- * filters (a pixel's channels are already the patch). */
+/* Scratch bytes vs_conv2d needs: two patches side by side,
+ * 2 * k_h * k_w * in_c (the DSP kernels run two pixels at once), or 0 for a pointwise
+ * convolution (1x1, stride 1, no padding: a pixel's channels are already the patch). */
 size_t vs_conv2d_buffer_size(const vs_conv_params *p);
+/* Scratch bytes vs_conv2d_sparse needs: one patch, k_h * k_w * in_c, or 0 for 1x1 filters */
+size_t vs_conv2d_sparse_buffer_size(const vs_conv_params *p);
 /* PAD of height and width, with the zero point (TFLite's int8 PAD pads with it) */
 typedef struct {
     uint16_t in_h, in_w, c;
@@ -78,8 +81,12 @@ typedef struct {
 void vs_conv2d(const vs_conv_params *p, const int8_t *weights, const int8_t *in, int8_t *out, int8_t *buffer);
 void vs_conv2d_sparse(const vs_conv_params *p, const vs_sparse *weights, const int8_t *in, int8_t *out,
                       int8_t *buffer);
+/* Scratch bytes vs_depthwise_conv2d needs: one window, k_h * k_w * in_c, when some window
+ * reaches over the image's border (padding), else 0. */
+size_t vs_depthwise_conv2d_buffer_size(const vs_depthwise_params *p);
 /* weights: int8 [k_h][k_w][out_c] */
-void vs_depthwise_conv2d(const vs_depthwise_params *p, const int8_t *weights, const int8_t *in, int8_t *out);
+void vs_depthwise_conv2d(const vs_depthwise_params *p, const int8_t *weights, const int8_t *in, int8_t *out,
+                         int8_t *buffer);
 void vs_max_pool2d(const vs_pool_params *p, const int8_t *in, int8_t *out);
 void vs_average_pool2d(const vs_pool_params *p, const int8_t *in, int8_t *out);
 void vs_add(const vs_add_params *p, const int8_t *in1, const int8_t *in2, int8_t *out);
@@ -154,10 +161,16 @@ void vs_concatenation(const vs_concat_params *p, const int8_t *const *in, int8_t
 /* RESHAPE only moves bytes, and only when its output cannot share its input's buffer. */
 void vs_reshape(size_t size, const int8_t *in, int8_t *out);
 
-/* In place (the arena plan, plan.py, relies on it; tests/test_firmware_memory.py replays it):
- * vs_add, vs_sub, vs_mul, vs_maximum, vs_minimum, vs_rescale, vs_logistic, vs_tanh,
- * vs_hard_swish and vs_softmax may be called with out equal to an input of the output's size:
- * they read element i (softmax: row elements) before writing element i and never read an
- * element after writing it. */
+/* Memory contract the arena plan (plan.py) relies on; tests/test_firmware_memory.py replays it.
+ * In place: vs_add, vs_sub, vs_mul, vs_maximum, vs_minimum, vs_rescale, vs_logistic, vs_tanh,
+ *   vs_hard_swish and vs_softmax may be called with out equal to an input of the output's size:
+ *   they read element i (softmax: row elements) before writing element i and never read an
+ *   element after writing it.
+ * Sliding: vs_conv2d, vs_conv2d_sparse, vs_depthwise_conv2d, vs_max_pool2d and vs_average_pool2d
+ *   write output pixels in raster order (row by row, left to right), and once any byte of output
+ *   pixel (oy, ox) is written, read only input rows from oy * stride_h - pad_top on. Their output
+ *   may then start a few rows before their input and run over it. One exception: a pointwise
+ *   vs_conv2d with the DSP extension runs pixels in pairs (pixels 2i and 2i + 1 in raster order,
+ *   which may lie on two rows) and reads both input pixels until it has written both outputs. */
 
 #endif

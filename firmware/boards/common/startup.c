@@ -35,9 +35,11 @@ void Default_Handler(void)
 
 void Reset_Handler(void)
 {
+    /* volatile: GCC would turn these loops into memcpy and memset calls, pulling 470 bytes of
+     * library code into images whose kernels need neither */
     const uint32_t *src = &__data_load__;
-    for (uint32_t *dst = &__data_start__; dst < &__data_end__;) *dst++ = *src++;
-    for (uint32_t *dst = &__bss_start__; dst < &__bss_end__;) *dst++ = 0;
+    for (volatile uint32_t *dst = &__data_start__; dst < &__data_end__;) *dst++ = *src++;
+    for (volatile uint32_t *dst = &__bss_start__; dst < &__bss_end__;) *dst++ = 0;
     main();
     for (;;) {
     }
