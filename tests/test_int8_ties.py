@@ -2,7 +2,7 @@
 (margin >= 1 step), even where the first-maximum argmax keeps the label: on random tiny
 integer nets, enumerated over every int8 input of the box, no sample whose box reaches a
 margin <= 0 is verified, samples that reach only ties end falsified with a tie note, and
-every counterexample's outputs break the label. `verify --check` replays tie counterexamples."""
+every counterexample's outputs break the label."""
 import itertools
 
 import numpy as np
