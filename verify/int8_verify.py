@@ -37,7 +37,7 @@ from .rounding import inner_box, no_tf32, sound_box
 
 METHODS = ("ibp", "crown", "bab", "auto")
 PROOF_SLACK = 1e-3  # float64 error on an integer margin bound is far below this
-RESTARTS = 4  # random restarts of the integer search before branch and bound
+RESTARTS = 8  # random restarts of the integer search before branch and bound
 
 
 def load_tflite_artifact(path, digest, kernels="reference"):
@@ -163,9 +163,10 @@ def _batch(model, runtime, xb, yb, eps, method, gen, steps, restarts, time_limit
             broken = breaks(real, yb[open_])
             m = _min_margin(torch.einsum("bsk,bk->bs", C[open_].float(), real.float()), yb[open_])
             for k, i in enumerate(open_.tolist()):
-                if broken[k] and status[i] != "falsified":
-                    status[i], cex[i], cex_margin[i], stage[i] = "falsified", cand[k], float(m[k]), what
-                    notes[i] = _tie_note(real[k].numpy(), int(yb[i]))
+                note = _tie_note(real[k].numpy(), int(yb[i]))
+                # a misclassification replaces a tie found before: the stronger counterexample
+                if broken[k] and (status[i] != "falsified" or (notes[i] and not note)):
+                    status[i], cex[i], cex_margin[i], stage[i], notes[i] = "falsified", cand[k], float(m[k]), what, note
         seconds[open_.numpy()] += (time.perf_counter() - t1) / len(open_)
     if method in ("bab", "auto"):
         todo = ((status == "unknown") & correct.numpy()).nonzero()[0]
@@ -176,9 +177,10 @@ def _batch(model, runtime, xb, yb, eps, method, gen, steps, restarts, time_limit
                 m = _min_margin(torch.einsum("bsk,bk->bs", C[todo].float(), real.float()), yb[todo])
                 broken = breaks(real, yb[todo])
                 for k, i in enumerate(todo.tolist()):
-                    if broken[k] and status[i] != "falsified":
-                        status[i], cex[i], cex_margin[i], stage[i] = "falsified", cand[k], float(m[k]), what
-                        notes[i] = _tie_note(real[k].numpy(), int(yb[i]))
+                    note = _tie_note(real[k].numpy(), int(yb[i]))
+                    if broken[k] and (status[i] != "falsified" or (notes[i] and not note)):
+                        status[i], cex[i], cex_margin[i], stage[i], notes[i] = ("falsified", cand[k], float(m[k]),
+                                                                                 what, note)
             seconds[todo] += (time.perf_counter() - t1) / len(todo)
         for i in ((status == "unknown") & correct.numpy()).nonzero()[0].tolist():
             t1 = time.perf_counter()
@@ -191,18 +193,21 @@ def _batch(model, runtime, xb, yb, eps, method, gen, steps, restarts, time_limit
             elif verdict is not None:
                 status[i], cex[i], cex_margin[i], stage[i] = "falsified", verdict[0], verdict[1], "int8-bab"
                 notes[i] = verdict[2]
-    margins = _min_margin(lb, yb).numpy() * model.out_scale  # in logit units, as the float reports
+    worst = _min_margin(lb, yb)
+    for i in range(B):  # an integer margin bound above -1 rules out every misclassification, not a tie
+        if status[i] == "unknown" and bool(correct[i]) and float(worst[i]) > PROOF_SLACK - 1:
+            notes[i] = "margin >= 0 proved (no input scores another class higher); a reachable tie is open"
+    margins = worst.numpy() * model.out_scale  # in logit units, as the float reports
     return [SampleResult(-1, int(yb[i]), str(status[i]), stage[i], float(margins[i]), cex_margin[i],
                          float(seconds[i]), cex[i], notes[i]) for i in range(B)]
 
 
 def _tie_note(out, y):
-    """What a counterexample's outputs (one row) show, when the label still has the first
-    maximum: an exact tie, which another argmax tie-break resolves against the label."""
-    if int(np.argmax(out)) != y:
+    """What a counterexample's outputs (one row, breaking the label) show, when the label still
+    has the first maximum: an exact tie, which another argmax tie-break resolves against it."""
+    if int(np.argmax(out)) != y or not any(out[j] == out[y] for j in range(len(out)) if j != y):
         return None
-    ties = [j for j in range(len(out)) if j != y and out[j] == out[y]]
-    return f"exact tie with class {ties[0]}: the class depends on the argmax's tie-break"
+    return "an exact tie with another class at the counterexample: the class depends on the argmax's tie-break"
 
 
 def _restarts(model, a_l, a_u, y, gen, count=RESTARTS):
