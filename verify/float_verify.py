@@ -71,6 +71,15 @@ def _min_margin(lb, y):
     return lb.masked_fill(own, float("inf")).min(1).values
 
 
+def breaks(out, y):
+    """(B,) True where another class scores at least the label's: a misclassification, or an
+    exact tie that leaves the class to the argmax's tie-break. This is VNN-LIB's unsafe set
+    (some Y_j >= Y_label) and the negation of what the proofs claim (every margin > 0)."""
+    out = torch.as_tensor(np.asarray(out, np.float64))
+    y = torch.as_tensor(np.asarray(y, np.int64))
+    return _min_margin(out.gather(1, y[:, None]) - out, y) <= 0
+
+
 def verify_float(net: BoundedNet, runtime, x, y, eps, method="crown", indices=None, time_limit=10.0,
                  batch_size=200, attack_steps=40, attack_restarts=2, seed=0, device="cpu"):
     """runtime(x: np.ndarray float32 batch) -> logits from the artifact's own executor (ONNX

@@ -163,8 +163,14 @@ def beta_bound(net, W, const0, end, lay, x_l, x_u, clips, root, relaxed, trace, 
     subtracting beta (acc_n - lo) with beta >= 0 keeps a CROWN lower bound valid there while
     the concretisation runs over the whole box; likewise + beta (acc_n - hi) for acc_n <= hi.
     beta = 0 is plain CROWN; each step's bound is sound, the best per subdomain is kept.
+    The backward pass may also stop at any requantization's output and concretise there over
+    that output's exact integer interval on the subdomain (early stops): past the last hidden
+    layer that skips the rounding slack of every hidden neuron, which often weighs more than
+    the interval's looseness (margin_ibp's merged bound, here with the subdomain's splits).
+    The bound is the best of the stops and the full pass.
     trace receives the best bound's linear functions (branching scores, concretising points)."""
     corners = {i: net.ops[i].free_corners(*lay.pre[i]) for i in relaxed if i < end}
+    stops = {i: net.ops[i].ibp(*lay.pre[i]) for i in relaxed if i < end}
     lines = {i: c[2] for i, c in corners.items()}
     # alpha starts where lines() chose (1: the sloped line, 0: the flat one)
     a_lo = {i: (c[2][0] != 0).to(W.dtype).requires_grad_(True) for i, c in corners.items() if c[0].any()}
@@ -177,11 +183,14 @@ def beta_bound(net, W, const0, end, lay, x_l, x_u, clips, root, relaxed, trace, 
 
     def bound(record=None):
         A, const = W, const0.clone()
+        stopped = None
         for i in reversed(range(end)):
             op = net.ops[i]
             if i in lines:
                 if record is not None:
                     record[i] = A
+                here = concretize(A, const, *stops[i], True)[:, 0]
+                stopped = here if stopped is None else torch.maximum(stopped, here)
                 ln = lines[i]
                 if i in a_lo or i in a_up:
                     ln = Requant.alpha_lines(corners[i], a_lo.get(i, ln[0]), a_up.get(i, ln[2]))
@@ -199,7 +208,8 @@ def beta_bound(net, W, const0, end, lay, x_l, x_u, clips, root, relaxed, trace, 
                 const = const + c
         if record is not None:
             record["input"] = A
-        return concretize(A, const, x_l, x_u, True)[:, 0]
+        full = concretize(A, const, x_l, x_u, True)[:, 0]
+        return full if stopped is None else torch.maximum(full, stopped)
 
     with torch.no_grad():
         best = bound(trace)

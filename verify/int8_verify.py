@@ -14,7 +14,10 @@ Cascade per batch (each stage on what the one before left open):
 The bounds use the eps-ball rounded outward and quantized outward; attacks stay on the float32
 points of the ball (rounded inward) and the int8 inputs those quantize to.
 The int8 margin is an integer, so a lower bound above a float-noise slack proves >= 1:
-no tie, hence no argmax tie-break, can change the class.
+no tie, hence no argmax tie-break, can change the class. The other side of that rule: an
+input whose output bytes tie the label with another class (LiteRT confirming them) is a
+counterexample even where LiteRT's first-maximum argmax keeps the label, since another
+tie-break would not (VNN-LIB's unsafe set, Y_j >= Y_label); such samples carry a note.
 """
 from __future__ import annotations
 
@@ -27,14 +30,14 @@ from verisparse.errors import VeriSparseError
 
 from .attack import pgd
 from .bounds import margin_spec
-from .float_verify import SampleResult, _min_margin
+from .float_verify import SampleResult, _min_margin, breaks
 from .int8_attack import integer_search
 from .int8_bounds import margin_ibp
 from .rounding import inner_box, no_tf32, sound_box
 
 METHODS = ("ibp", "crown", "bab", "auto")
 PROOF_SLACK = 1e-3  # float64 error on an integer margin bound is far below this
-RESTARTS = 4  # random restarts of the integer search before branch and bound
+RESTARTS = 8  # random restarts of the integer search before branch and bound
 
 
 def load_tflite_artifact(path, digest, kernels="reference"):
@@ -118,7 +121,7 @@ def _batch(model, runtime, xb, yb, eps, method, gen, steps, restarts, time_limit
     B = len(yb)
     t0 = time.perf_counter()
     logits = torch.as_tensor(runtime(xb.numpy()))
-    correct = logits.argmax(1) == yb
+    correct = ~breaks(logits, yb)
     x_l, x_u = sound_box(xb, eps)
     u_l, u_u = model.input_box(x_l.numpy(), x_u.numpy())
     a_l, a_u = inner_box(xb, eps)
@@ -138,10 +141,11 @@ def _batch(model, runtime, xb, yb, eps, method, gen, steps, restarts, time_limit
                     stage[i] = "int8-crown"
     seconds = np.full(B, (time.perf_counter() - t0) / B)
     status = np.where(ok.numpy(), "verified", "unknown").astype(object)
-    cex, cex_margin = [None] * B, [None] * B
+    cex, cex_margin, notes = [None] * B, [None] * B, [None] * B
     clean_margin = _min_margin(torch.einsum("bsk,bk->bs", C.float(), logits.float()), yb)
     for i in (~correct).nonzero().squeeze(1).tolist():
         status[i], cex[i], cex_margin[i], stage[i] = "falsified", xb[i].numpy(), float(clean_margin[i]), "clean"
+        notes[i] = _tie_note(logits[i].numpy(), int(yb[i]))
     open_ = (correct & ~ok).nonzero().squeeze(1)
     if len(open_):
         t1 = time.perf_counter()
@@ -156,11 +160,13 @@ def _batch(model, runtime, xb, yb, eps, method, gen, steps, restarts, time_limit
         # every candidate is judged by LiteRT, whatever the integer network or surrogate said
         for what, cand in (("pgd", adv), ("int8-search", found)):
             real = torch.as_tensor(runtime(cand))
-            broken = real.argmax(1) != yb[open_]
+            broken = breaks(real, yb[open_])
             m = _min_margin(torch.einsum("bsk,bk->bs", C[open_].float(), real.float()), yb[open_])
             for k, i in enumerate(open_.tolist()):
-                if broken[k] and status[i] != "falsified":
-                    status[i], cex[i], cex_margin[i], stage[i] = "falsified", cand[k], float(m[k]), what
+                note = _tie_note(real[k].numpy(), int(yb[i]))
+                # a misclassification replaces a tie found before: the stronger counterexample
+                if broken[k] and (status[i] != "falsified" or (notes[i] and not note)):
+                    status[i], cex[i], cex_margin[i], stage[i], notes[i] = "falsified", cand[k], float(m[k]), what, note
         seconds[open_.numpy()] += (time.perf_counter() - t1) / len(open_)
     if method in ("bab", "auto"):
         todo = ((status == "unknown") & correct.numpy()).nonzero()[0]
@@ -169,9 +175,12 @@ def _batch(model, runtime, xb, yb, eps, method, gen, steps, restarts, time_limit
             for what, cand in _restarts(model, a_l[todo], a_u[todo], yb[todo], gen):
                 real = torch.as_tensor(runtime(cand))
                 m = _min_margin(torch.einsum("bsk,bk->bs", C[todo].float(), real.float()), yb[todo])
+                broken = breaks(real, yb[todo])
                 for k, i in enumerate(todo.tolist()):
-                    if int(real[k].argmax()) != int(yb[i]) and status[i] != "falsified":
-                        status[i], cex[i], cex_margin[i], stage[i] = "falsified", cand[k], float(m[k]), what
+                    note = _tie_note(real[k].numpy(), int(yb[i]))
+                    if broken[k] and (status[i] != "falsified" or (notes[i] and not note)):
+                        status[i], cex[i], cex_margin[i], stage[i], notes[i] = ("falsified", cand[k], float(m[k]),
+                                                                                 what, note)
             seconds[todo] += (time.perf_counter() - t1) / len(todo)
         for i in ((status == "unknown") & correct.numpy()).nonzero()[0].tolist():
             t1 = time.perf_counter()
@@ -183,9 +192,22 @@ def _batch(model, runtime, xb, yb, eps, method, gen, steps, restarts, time_limit
                 lb[i] = torch.maximum(lb[i], proof)
             elif verdict is not None:
                 status[i], cex[i], cex_margin[i], stage[i] = "falsified", verdict[0], verdict[1], "int8-bab"
-    margins = _min_margin(lb, yb).numpy() * model.out_scale  # in logit units, as the float reports
+                notes[i] = verdict[2]
+    worst = _min_margin(lb, yb)
+    for i in range(B):  # an integer margin bound above -1 rules out every misclassification, not a tie
+        if status[i] == "unknown" and bool(correct[i]) and float(worst[i]) > PROOF_SLACK - 1:
+            notes[i] = "margin >= 0 proved (no input scores another class higher); a reachable tie is open"
+    margins = worst.numpy() * model.out_scale  # in logit units, as the float reports
     return [SampleResult(-1, int(yb[i]), str(status[i]), stage[i], float(margins[i]), cex_margin[i],
-                         float(seconds[i]), cex[i]) for i in range(B)]
+                         float(seconds[i]), cex[i], notes[i]) for i in range(B)]
+
+
+def _tie_note(out, y):
+    """What a counterexample's outputs (one row, breaking the label) show, when the label still
+    has the first maximum: an exact tie, which another argmax tie-break resolves against it."""
+    if int(np.argmax(out)) != y or not any(out[j] == out[y] for j in range(len(out)) if j != y):
+        return None
+    return "an exact tie with another class at the counterexample: the class depends on the argmax's tie-break"
 
 
 def _restarts(model, a_l, a_u, y, gen, count=RESTARTS):
@@ -200,7 +222,7 @@ def _restarts(model, a_l, a_u, y, gen, count=RESTARTS):
 
 def _bab_sample(model, runtime, u_l, u_u, a_l, a_u, C, lb, y, time_limit):
     """Branch and bound on each margin row of one sample the bounds left open, sharing
-    time_limit. Returns ("verified", the rows' proved bound), ((x, margin), None) for a
+    time_limit. Returns ("verified", the rows' proved bound), ((x, margin, note), None) for a
     counterexample LiteRT confirms, or (None, None)."""
     from .int8_bab import prove_row
     reach = tuple(torch.from_numpy(model.quantize(v.numpy())) for v in (a_l, a_u))
@@ -209,8 +231,8 @@ def _bab_sample(model, runtime, u_l, u_u, a_l, a_u, C, lb, y, time_limit):
     def counterexample(u):
         x = np.minimum(np.maximum((u.numpy() * model.in_scale).astype(np.float32), a_l.numpy()), a_u.numpy())
         out = np.asarray(runtime(x), np.float64)[0]
-        if int(out.argmax()) != y:
-            found["x"] = (x[0], float(out[y] - np.max(np.delete(out, y))))
+        if bool(breaks(out[None], [y])[0]):
+            found["x"] = (x[0], float(out[y] - np.max(np.delete(out, y))), _tie_note(out, y))
             return True
         return False
     deadline = time.perf_counter() + time_limit
