@@ -88,6 +88,12 @@ class _Layers:
         self.pre, self.err = {}, {}
 
 
+# Samples per full-CROWN pass on the CPU: each sample's bound is its own, and the intermediate
+# passes' working set outgrows the caches with the batch (default model, 2 cores: 64 samples
+# 510-690 samples/s, 200 samples 380-450).
+CPU_CROWN_CHUNK = 64
+
+
 class BoundedNet:
     """The network as a list of ops; computes forward values, IBP and CROWN bounds."""
 
@@ -256,6 +262,11 @@ class BoundedNet:
         bounds, CROWN for the output); 'crown' refines them with CROWN first.
         Returns lower bounds (B, S), or (lower, upper) when upper=True; with_ibp=True also
         returns IBP's lower bound from the same interval pass (what CROWN-IBP training mixes)."""
+        k = CPU_CROWN_CHUNK
+        if intermediate == "crown" and len(x_l) > k and x_l.device.type == "cpu" and not torch.is_grad_enabled():
+            parts = [self.crown(x_l[s:s + k], x_u[s:s + k], None if C is None else C[s:s + k], intermediate,
+                                upper, with_ibp) for s in range(0, len(x_l), k)]
+            return torch.cat(parts) if torch.is_tensor(parts[0]) else tuple(map(torch.cat, zip(*parts)))
         end, W, const0, lay, slack = self.output_problem(x_l, x_u, C, intermediate)
         result = [self.output_bound(W, const0, end, lay, slack, x_l, x_u, True)]
         if upper:
