@@ -39,7 +39,13 @@ def _dot(A, c):
     """Per (row, spec) sum of A·c; c None (zero), 0-d (one intercept for every neuron) or per neuron."""
     if c is None:
         return A.new_zeros(A.shape[:2])
-    return A.flatten(2).sum(-1) * c if c.dim() == 0 else (A * c).flatten(2).sum(-1)
+    if c.dim() == 0:
+        return A.flatten(2).sum(-1) * c
+    # one intercept per neuron for every spec row: a batched mat-vec (15% faster full CROWN);
+    # training keeps the elementwise sum, whose order compacted and masked networks share
+    if c.shape[1] == 1 and not torch.is_grad_enabled():
+        return (A.flatten(2) @ c.flatten(2).transpose(1, 2)).squeeze(-1)
+    return (A * c).flatten(2).sum(-1)
 
 # Intermediate CROWN bounds are built a chunk of neurons at a time; this caps the
 # elements of one chunk's linear-function tensor (about 4 bytes each).
