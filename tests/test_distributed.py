@@ -167,3 +167,26 @@ def test_errors_stop_every_rank_with_the_cli_exit_code(tmp_path):
     assert ok.returncode == 0, ok.stderr
     taken = _cli(*base, "--out", str(tmp_path / "r"))
     assert taken.returncode == 2 and "already holds a run" in taken.stderr, taken.stderr
+
+
+@pytest.mark.parametrize("codes,exit_code", [({0: -6, 1: -9}, 2), ({0: 1, 1: 3}, 3), ({0: 1}, 3)])
+def test_launcher_names_every_failed_rank(monkeypatch, capsys, codes, exit_code):
+    """A killed rank takes the others' collectives down with it (signal 6), and torchrun may
+    record those first: the message names every failed rank, so the cause is in it."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
+    from torch.distributed.launcher import api
+    from verisparse.trainer import distributed
+
+    def fail(config, cmd):
+        def run(*args):
+            raise ChildFailedError("verisparse", {r: ProcessFailure(r, 100 + r, c, "") for r, c in codes.items()})
+        return run
+    monkeypatch.setattr(api, "elastic_launch", fail)
+    assert distributed.launch(2, ["train"], "cpu") == exit_code
+    err = capsys.readouterr().err
+    if exit_code == 2:
+        assert "process 0 ended with signal 6, process 1 ended with signal 9" in err and "--resume" in err
+    elif len(codes) == 1:
+        assert "process 0 ended with exit code 1; continue the run with --resume" in err
+    else:
+        assert err == ""  # rank 1 printed its own error

@@ -201,7 +201,7 @@ def _leave():
 
 def launch(nproc: int, argv: list[str], device: str) -> int:
     """Run `python -m verisparse <argv>` in nproc processes through torch.distributed.run
-    (torchrun --standalone) and return the CLI exit code: 0, or the first failed rank's
+    (torchrun --standalone) and return the CLI exit code: 0, or a failed rank's
     2/3 (a rank killed by a signal counts as 2: resume the run with --resume)."""
     import uuid
 
@@ -225,13 +225,16 @@ def launch(nproc: int, argv: list[str], device: str) -> int:
     try:
         elastic_launch(config, cmd)(*cmd_args, *argv)
     except ChildFailedError as e:
-        rank, failure = e.get_first_failure()
-        code = failure.exitcode
-        if code in (2, 3):
-            return code
-        what = f"signal {-code}" if code < 0 else f"exit code {code}"
-        print(f"error: process {rank} ended with {what}; continue the run with --resume", file=sys.stderr)
-        return 2 if code < 0 else 3
+        codes = {rank: failure.exitcode for rank, failure in sorted(e.failures.items())}
+        own = [c for c in codes.values() if c in (2, 3)]
+        if own:  # that rank printed what to do
+            return own[0]
+        # every failed rank: when one is killed, the others' collectives abort (signal 6) and
+        # may be recorded first, and the cause is the one a user needs
+        what = ", ".join(f"process {rank} ended with " + (f"signal {-c}" if c < 0 else f"exit code {c}")
+                         for rank, c in codes.items())
+        print(f"error: {what}; continue the run with --resume", file=sys.stderr)
+        return 2 if any(c < 0 for c in codes.values()) else 3
     except SignalException as e:  # Ctrl-C or SIGTERM on the launcher: torchrun has stopped the processes
         print(f"error: stopped by signal {e.sigval.name}; continue the run with --resume", file=sys.stderr)
         return 2
