@@ -184,6 +184,13 @@ def table(ours, theirs, ours_s, theirs_s, samples, crown=None):
 
 # --- running the tools ------------------------------------------------------------------------
 
+def _where(device):
+    if device == "cpu":
+        return "CPU"
+    import torch
+    return f"GPU {torch.cuda.get_device_name(0)}"
+
+
 def _verisparse(*args):
     cmd = [sys.executable, "-m", "verisparse", "verify", *map(str, args)]
     _note(" ".join(cmd))
@@ -219,23 +226,24 @@ def write_selection(model, eps, samples, out):
     return path
 
 
-def abcrown_config(vnn_dir, csv_name, timeout, results):
+def abcrown_config(vnn_dir, csv_name, timeout, results, device="cpu"):
     """Its defaults, but the attack after alpha-CROWN (pgd_order: middle, as most of its VNN-COMP
     configs set): its default 'before' spends ~19 s of PGD on a 2-core CPU before bounds it settles at once."""
-    return (f"general:\n  device: cpu\n  root_path: {vnn_dir}\n  csv_name: {csv_name}\n"
+    return (f"general:\n  device: {device}\n  root_path: {vnn_dir}\n  csv_name: {csv_name}\n"
             f"  complete_verifier: bab\n  results_file: {results}\n"
             f"attack:\n  pgd_order: middle\n"
             f"bab:\n  timeout: {timeout:g}\n")
 
 
-def run_abcrown(abcrown, deps, vnn_dir, csv_name, timeout, out):
+def run_abcrown(abcrown, deps, vnn_dir, csv_name, timeout, out, device="cpu"):
     cfg = out / "abcrown.yaml"
-    cfg.write_text(abcrown_config(vnn_dir.absolute(), csv_name, timeout, (out / "abcrown_out.pkl").absolute()))
+    cfg.write_text(abcrown_config(vnn_dir.absolute(), csv_name, timeout, (out / "abcrown_out.pkl").absolute(),
+                                  device))
     cv = abcrown / "complete_verifier"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         p for p in (str(deps) if deps else "", str(cv), os.environ.get("PYTHONPATH", "")) if p))
     log = out / "abcrown.log"
-    cmd = [sys.executable, "abcrown.py", "--config", str(cfg.absolute()), "--device", "cpu"]
+    cmd = [sys.executable, "abcrown.py", "--config", str(cfg.absolute()), "--device", device]
     _note(f"alpha-beta-CROWN: {' '.join(cmd)} (log: {log})")
     start = time.perf_counter()
     with open(log, "w") as f:
@@ -262,6 +270,8 @@ def main(argv=None):
     ap.add_argument("--all", action="store_true", help="every sample of the pool instead of the selection")
     ap.add_argument("--timeout", type=float, default=30.0, help="seconds per instance, both tools")
     ap.add_argument("--out", type=Path, default=Path("bench-runs/abcrown"))
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                    help="where both tools compute their bounds (ours: --device; TF32 stays off)")
     a = ap.parse_args(argv)
     if not (a.abcrown / "complete_verifier" / "abcrown.py").is_file() or \
             not (a.abcrown / "complete_verifier" / "auto_LiRPA" / "__init__.py").is_file():
@@ -271,7 +281,8 @@ def main(argv=None):
     vnn = a.out / "vnncomp"
 
     pool = a.pool if a.samples is None else max(int(s) for s in a.samples.split(",")) + 1
-    _verisparse(a.model, "--eps", a.eps, "--n", pool, "--method", "crown", "--time-limit", a.timeout,
+    _verisparse(a.model, "--device", a.device, "--eps", a.eps, "--n", pool, "--method", "crown",
+                "--time-limit", a.timeout,
                 "--report", a.out / "ours_crown.json", "--export-vnnlib", vnn)
     crown = _certificate(a.out / "ours_crown.json")
     samples = choose({i: r[0] for i, r in crown.items()}, a.count, a.samples, a.all)
@@ -283,18 +294,20 @@ def main(argv=None):
         csv.writer(f).writerows(chosen)
 
     npz = write_selection(a.model, a.eps, samples, a.out)
-    wall_auto = _verisparse(a.model, "--eps", a.eps, "--dataset", f"npz:{npz}", "--method", "auto",
+    wall_auto = _verisparse(a.model, "--device", a.device, "--eps", a.eps, "--dataset", f"npz:{npz}",
+                            "--method", "auto",
                             "--time-limit", a.timeout, "--report", a.out / "ours_auto.json")
     auto = _certificate(a.out / "ours_auto.json", samples)
 
-    log, wall_abc = run_abcrown(a.abcrown, a.abcrown_deps, vnn, "selected.csv", a.timeout, a.out)
+    log, wall_abc = run_abcrown(a.abcrown, a.abcrown_deps, vnn, "selected.csv", a.timeout, a.out, a.device)
     theirs = parse_abcrown_log(log, chosen, a.timeout)
     missing = [i for i in samples if i not in theirs]
     if missing:
         _fail(f"alpha-beta-CROWN reported no result for samples {missing}; see {a.out / 'abcrown.log'}")
 
     bad = recheck_counterexamples(vnn, a.out / "ours_auto_counterexamples.npz", samples, auto)
-    print(f"\n{a.model}, eps {a.eps:g}, {len(samples)} instances, {a.timeout:g} s per instance, CPU\n")
+    print(f"\n{a.model}, eps {a.eps:g}, {len(samples)} instances, {a.timeout:g} s per instance, "
+          f"{_where(a.device)}\n")
     code = report(samples, crown, auto, theirs)
     print(f"whole processes, start-up included: verisparse --method auto {wall_auto:.1f} s, alpha-beta-CROWN "
           f"{wall_abc:.1f} s")
