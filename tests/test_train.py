@@ -247,7 +247,9 @@ def test_bad_input_exits_2_without_traceback_or_damage(tmp_path):
                          (["--dataset", "mnist", "--data-root", str(tmp_path / "none")], "not a readable"),
                          (["--dataset", f"npz:{tmp_path / 'none.npz'}"], "not found"),
                          (["--dataset", "digits", "--arch", "cnn_4layer", "--eps", "0.05", "--structure",
-                           "structured", "--param-budget", "3"], "budget")):
+                           "structured", "--param-budget", "3"], "budget"),
+                         (["--structure", "structured", "--sparsity", "0.9", "--initial-density", "0.1"],
+                          "= (0.1, 1]; got 0.1")):
         r = _cli("train", "--out", str(tmp_path / "x"), "--epochs", "1", "--quiet", *args)
         assert r.returncode == 2, (args, r.stderr)
         assert needle in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
@@ -276,4 +278,5 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
 def test_cli_help_has_examples():
     r = _cli("train", "--help")
     assert r.returncode == 0 and "Examples:" in r.stdout and "--resume" in r.stdout
+    assert "--structure structured --sparsity 0.95 --initial-density 1" in r.stdout  # no longer refused
     assert _cli("--help").returncode == 0
