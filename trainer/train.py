@@ -356,9 +356,9 @@ def _train(cfg, out_dir, resume, device, progress, download, compact, res):
             if thin and counts is not None:  # structured: drop units, then train the smaller sub-network
                 if comp:
                     comp.scatter(replay_pruned=True)  # the norms that choose must be the masked run's
-                target = counts if done == window else sp.gradual_structured_counts(
-                    model, sp.gradual_density(done, window, cfg.initial_density, 1 - cfg.sparsity), counts)
-                ddp.update_masks(model, lambda: sp.thin_structured(model, target, counts))
+                target = final_counts if done == window else sp.gradual_structured_counts(
+                    model, sp.gradual_density(done, window, cfg.initial_density, 1 - cfg.sparsity), final_counts)
+                ddp.update_masks(model, lambda: sp.thin_structured(model, target, final_counts))
                 comp = _compacted(comp, compact, model, opt, ds.input_shape)
                 step_model, step_opt = (comp.model, comp.opt) if comp else (model, opt)
                 trained = list(step_model.parameters())
