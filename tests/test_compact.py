@@ -39,7 +39,29 @@ def _random_structured(arch, shape, seed, device="cpu"):
 @pytest.mark.parametrize("arch,shape", NETS)
 @pytest.mark.parametrize("seed", [0, 1])
 def test_compact_net_gives_the_masked_logits_losses_and_gradients(arch, shape, seed, device):
-    masked = _random_structured(arch, shape, seed, device)
+    _assert_compact_equals_masked(_random_structured(arch, shape, seed, device), shape, seed, device)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("arch,shape", NETS)
+def test_compact_net_inside_the_gradual_pruning_window_equals_the_masked_one(arch, shape, device):
+    """--initial-density with structured sparsity: a dense random net thinned by unit norm to
+    the counts of a density halfway through the window (the net trainer.train gathers there)."""
+    torch.manual_seed(3)
+    masked = build_model(arch, shape, 10, normalize=([0.4] * shape[0], [0.3] * shape[0]))
+    with torch.no_grad():
+        for _, m in prunable(masked):
+            m.bias.normal_(0, 0.1, generator=torch.Generator().manual_seed(4))
+    final = sp.structured_counts(masked, 0.95)
+    density = sp.gradual_density(50, 100, 1.0, 0.05)
+    assert sp.thin_structured(masked, sp.gradual_structured_counts(masked, density, final), final) > 0
+    assert all(f <= k < m.weight.shape[0] for f, k, (_, m) in zip(final, sp.kept_units(masked), prunable(masked)[:-1]))
+    _assert_compact_equals_masked(masked.to(device), shape, 3, device)
+
+
+def _assert_compact_equals_masked(masked, shape, seed, device):
+    """Logits, certified losses and one step's gradients (scattered back) of the compact net
+    equal the masked model's to 1e-5."""
     gen = torch.Generator().manual_seed(seed + 100)
     x, y = torch.rand(7, *shape, generator=gen).to(device), torch.randint(0, 10, (7,), generator=gen).to(device)
     close = dict(rtol=1e-5, atol=1e-5)
@@ -183,6 +205,34 @@ def test_compact_training_equals_masked_training(tmp_path, method, one_thread):
             assert ra[k] == pytest.approx(rb[k], abs=2e-3), k
 
 
+def test_compact_gradual_structured_pruning_equals_masked_training(tmp_path, monkeypatch, one_thread):
+    """--initial-density 1 with structured sparsity: the units are thinned every update_every
+    steps (mid-epoch), the compact net is gathered anew after each thinning, and the run's
+    masks, live weights and losses match the masked run's; its MACs fall as the net shrinks."""
+    built = []
+    monkeypatch.setattr(train_module.cp, "Compacted", lambda *a: built.append(1) or Compacted(*a))
+    cfg = TrainConfig(epochs=4, warmup_epochs=0, ramp_epochs=2, update_end=0.75, initial_density=1.0,
+                      prune_window=0.5, update_every=5, **FAST)
+    logs = {c: train(cfg, tmp_path / str(c), progress=False, compact=c) for c in (True, False)}
+    a, b = _alive(tmp_path / "True"), _alive(tmp_path / "False")
+    for k in a:
+        if k.endswith("mask"):
+            assert torch.equal(a[k], b[k]), k
+        else:
+            torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+    # 46 window steps thinned at steps 5, 10, ..., 45 (nine re-gathers) plus epoch 3's re-mask
+    assert len(built) >= 10
+    log = logs[True]
+    assert [r["phase"] for r in log] == ["gradual", "gradual", "sparse", "sparse"]
+    assert log[0]["macs"] > log[1]["macs"] > log[2]["macs"] == log[3]["macs"]
+    assert log[0]["sparsity"] < log[1]["sparsity"] == log[3]["sparsity"]
+    assert all(ra["macs"] < rb["macs"] for ra, rb in zip(log, logs[False]))  # the masked net computes densely
+    for ra, rb in zip(log, logs[False]):
+        assert ra["loss"] == pytest.approx(rb["loss"], rel=1e-4)
+        for k in ("clean_acc", "ibp_verified_acc", "sparsity", "effective_params", "mask_changes"):
+            assert ra[k] == pytest.approx(rb[k], abs=2e-3), k
+
+
 def test_compact_finetune_of_prune_finetune_equals_masked(tmp_path, monkeypatch, one_thread):
     """The structured prune-finetune baseline fine-tunes its pruned model compacted too."""
     built = []
@@ -203,10 +253,12 @@ class _Killed(Exception):
     pass
 
 
-def test_compact_resume_is_bit_identical(tmp_path, monkeypatch, one_thread):
+@pytest.mark.parametrize("gradual", [{}, dict(initial_density=1.0, prune_window=0.8, update_every=5)])
+def test_compact_resume_is_bit_identical(tmp_path, monkeypatch, one_thread, gradual):
     """A run stopped after epoch 2 (masks still moving) or 4 (masks fixed, the compact net
-    kept across epochs) and resumed ends bit-identical to an uninterrupted one."""
-    cfg = TrainConfig(epochs=6, warmup_epochs=1, ramp_epochs=3, update_end=0.5, **FAST)
+    kept across epochs) and resumed ends bit-identical to an uninterrupted one; with gradual
+    structured pruning both stops fall inside the window (its 110 steps end in epoch 5)."""
+    cfg = TrainConfig(epochs=6, warmup_epochs=1, ramp_epochs=3, update_end=0.5, **FAST, **gradual)
     train(cfg, tmp_path / "ref", progress=False)
     ref = _state(tmp_path / "ref")
     real_evaluate = train_module.evaluate

@@ -108,6 +108,20 @@ def test_two_processes_match_one_structured_under_torchrun(tmp_path):
     assert log[1]["mask_changes"] > 0, "the structured mask must have been re-selected at epoch 2"
 
 
+@pytest.mark.slow
+def test_two_processes_match_one_with_structured_gradual_pruning(tmp_path):
+    """Units thinned mid-epoch: every rank re-gathers the compact net and DDP wraps it anew."""
+    args = [*COMMON, "--arch", "mlp_2layer", "--structure", "structured", "--sparsity", "0.8", "--lr", "5e-4",
+            "--initial-density", "1", "--update-every", "5"]
+    one = _cli("train", *args, "--out", str(tmp_path / "one"))
+    assert one.returncode == 0, one.stderr
+    two = _cli("train", *args, "--nproc", "2", "--out", str(tmp_path / "two"))
+    assert two.returncode == 0, two.stderr
+    log = _assert_same_training(tmp_path / "one", tmp_path / "two")
+    assert [r["phase"] for r in log] == ["gradual"] * 2 and log[0]["macs"] > log[1]["macs"]
+    assert log[0]["sparsity"] < log[1]["sparsity"]
+
+
 def _children(pid):
     try:
         return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]

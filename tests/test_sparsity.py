@@ -141,3 +141,43 @@ def test_thinning_keeps_the_largest_active_weights_and_ends_at_the_exact_budget(
     sp.thin_unstructured(model, 0.05, final)
     assert [int(m.weight_mask.sum()) for _, m in prunable(model)] == final
     assert sp.thin_unstructured(model, 0.01, final) == 0  # never below the final count
+
+
+@pytest.mark.parametrize("arch", ["mlp_3layer", "cnn_4layer", "cnn_7layer"])
+def test_gradual_structured_counts_start_at_the_density_and_never_go_below_the_final(arch):
+    model = _model(arch)
+    final = sp.structured_counts(model, 0.95)
+    units = [m.weight.shape[0] for _, m in prunable(model)]
+    assert sp.gradual_structured_counts(model, 1.0, final) == units  # D = 1: dense
+    dense = sp.sparsity_summary(model)["dense_params"]
+    for density in (0.8, 0.5, 0.2, 0.06):
+        counts = sp.gradual_structured_counts(model, density, final)
+        assert all(c >= f for c, f in zip(counts, final))
+        assert counts[-1] == units[-1]
+        # the structured budget of that density (plus what the floor adds), not less
+        assert sp._param_count(model, counts) >= 0.9 * density * dense
+    assert sp.gradual_structured_counts(model, 0.05, final) == final
+
+
+def test_structured_thinning_keeps_the_largest_norm_units_and_ends_at_the_final_counts():
+    model = _model()
+    final = sp.structured_counts(model, 0.95)
+    sp.select_units(model, sp.gradual_structured_counts(model, 0.6, final), torch.Generator().manual_seed(0))
+    weights = [m.weight.detach().clone() for _, m in prunable(model)]
+    for density in (0.4, 0.2, 0.1):
+        before = [(m.out_mask.clone(), sp.unit_norms(m)) for _, m in prunable(model)]
+        target = sp.gradual_structured_counts(model, density, final)
+        removed = sp.thin_structured(model, target, final)
+        assert sp.kept_units(model) == [min(n, int(b.sum())) for n, (b, _) in zip(target, before)]
+        assert removed == sum(int(b.sum()) for b, _ in before) - sum(sp.kept_units(model)) > 0
+        for (_, m), (mask, norms) in zip(prunable(model), before):
+            kept = m.out_mask.bool()
+            assert not (kept & ~mask.bool()).any()  # dropped units keep large norms, yet never come back
+            dropped = mask.bool() & ~kept
+            if dropped.any():
+                assert norms[dropped].max() <= norms[kept].min()
+    # dropped units keep their weights (a later re-mask may revive them)
+    assert all(torch.equal(w, m.weight) for w, (_, m) in zip(weights, prunable(model)))
+    assert sp.thin_structured(model, final, final) > 0
+    assert sp.kept_units(model) == final
+    assert sp.thin_structured(model, [1] * len(final), final) == 0  # never below the final count

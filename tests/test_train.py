@@ -145,8 +145,45 @@ def test_gradual_pruning_thins_to_the_exact_budget_by_the_end_of_the_window(tmp_
     assert log[1]["mask_changes"] > 0 and log[2]["mask_changes"] > 0  # RigL moves it in and after the window
 
 
+def test_structured_gradual_pruning_ends_at_the_structured_budget_with_a_shrinking_net(tmp_path):
+    """--structure structured --initial-density 1: dense at first, whole units thinned by norm
+    inside the window; at its end every layer keeps exactly the units a plain structured run of
+    that sparsity keeps, and each epoch in the window costs fewer MACs than the one before."""
+    from verisparse.trainer import sparsity as sp
+    cfg = dict(FAST, arch="mlp_2layer", structure="structured", sparsity=0.9, epochs=4, eval_crown_every=-1)
+    plain = train(TrainConfig(**dict(cfg, epochs=1)), tmp_path / "plain", progress=False)
+    log = train(TrainConfig(initial_density=1.0, prune_window=0.75, **cfg), tmp_path / "gradual", progress=False)
+    want = sp.kept_units(load_run(tmp_path / "plain")[0])
+    assert sp.kept_units(load_run(tmp_path / "gradual")[0]) == want
+    assert want[0] < 256  # units were removed
+    assert [r["phase"] for r in log] == ["gradual"] * 3 + ["sparse"]
+    assert log[0]["macs"] > log[1]["macs"] > log[2]["macs"] > log[3]["macs"]
+    assert log[0]["sparsity"] < log[1]["sparsity"] < log[2]["sparsity"] == log[3]["sparsity"]
+    assert log[2]["effective_params"] == plain[0]["effective_params"]
+
+
+def test_structured_gradual_pruning_from_a_random_start(tmp_path, monkeypatch):
+    """D < 1: a random structured mask at weight density D (not above it), thinned to the budget."""
+    from verisparse.trainer import sparsity as sp
+    from verisparse.trainer import train as train_module
+    seen = []
+    thin = sp.thin_structured
+
+    def spy(model, target, final):  # the first call sees the mask as drawn (no re-mask in epoch 1)
+        seen.append(sp.sparsity_summary(model)["sparsity"])
+        return thin(model, target, final)
+
+    monkeypatch.setattr(train_module.sp, "thin_structured", spy)
+    log = train(TrainConfig(**dict(FAST, arch="mlp_2layer", structure="structured", sparsity=0.9, epochs=2,
+                                   eval_crown_every=-1, initial_density=0.4)), tmp_path / "run", progress=False)
+    assert 0.6 <= seen[0] < 0.7
+    assert log[0]["sparsity"] < log[1]["sparsity"] and log[1]["sparsity"] == pytest.approx(0.9, abs=0.02)
+
+
 @pytest.mark.parametrize("settings, needle", [
-    (dict(initial_density=0.5, structure="structured"), "initial-density"),
+    (dict(initial_density=0.5, structure="structured", param_budget=5000), "initial-density"),
+    (dict(initial_density=0.05, structure="structured", sparsity=0.95), "initial-density"),
+    (dict(initial_density=1.01, structure="structured"), "initial-density"),
     (dict(initial_density=0.5, baseline="hydra"), "initial-density"),
     (dict(initial_density=0.5, dense_epochs=1), "initial-density"),
     (dict(initial_density=0.1, sparsity=0.9), "initial-density"),  # 1 - 0.9 is 0.0999... in floats
@@ -210,7 +247,9 @@ def test_bad_input_exits_2_without_traceback_or_damage(tmp_path):
                          (["--dataset", "mnist", "--data-root", str(tmp_path / "none")], "not a readable"),
                          (["--dataset", f"npz:{tmp_path / 'none.npz'}"], "not found"),
                          (["--dataset", "digits", "--arch", "cnn_4layer", "--eps", "0.05", "--structure",
-                           "structured", "--param-budget", "3"], "budget")):
+                           "structured", "--param-budget", "3"], "budget"),
+                         (["--structure", "structured", "--sparsity", "0.9", "--initial-density", "0.1"],
+                          "= (0.1, 1]; got 0.1")):
         r = _cli("train", "--out", str(tmp_path / "x"), "--epochs", "1", "--quiet", *args)
         assert r.returncode == 2, (args, r.stderr)
         assert needle in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
@@ -239,4 +278,5 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
 def test_cli_help_has_examples():
     r = _cli("train", "--help")
     assert r.returncode == 0 and "Examples:" in r.stdout and "--resume" in r.stdout
+    assert "--structure structured --sparsity 0.95 --initial-density 1" in r.stdout  # no longer refused
     assert _cli("--help").returncode == 0

@@ -5,7 +5,8 @@ Unstructured: ERK per-layer densities turned into integer counts whose total is 
 round((1 - sparsity) * weights); prune-and-regrow keeps every layer's count, so the total
 is exact at every step (with gradual pruning, from the end of its window on). Structured:
 whole neurons/filters of the hidden layers, as many as a parameter budget allows, where a
-removed unit also removes the next layer's inputs.
+removed unit also removes the next layer's inputs. Gradual pruning (either kind) thins the
+mask from a denser start to the final counts on a cubic schedule.
 """
 from __future__ import annotations
 
@@ -234,3 +235,34 @@ def select_units(model, counts, generator=None):
         else:
             scores = unit_norms(m)
         _keep_top(m.out_mask, scores, n)
+
+
+def kept_units(model):
+    """Units each prunable layer keeps now."""
+    return [int(m.out_mask.sum().item()) for _, m in prunable(model)]
+
+
+def gradual_structured_counts(model, density: float, final_counts):
+    """Units per layer at a weight density on the way to final_counts: the structured budget
+    of that density, never below the final count (the greedy fill of a denser budget can give
+    some layer fewer units than a sparser one, and a layer must never have to grow back)."""
+    return [max(f, n) for f, n in zip(final_counts, structured_counts(model, 1 - density))]
+
+
+@torch.no_grad()
+def thin_structured(model, target_counts, final_counts):
+    """Gradual structured pruning: each layer keeps its largest-L2-norm kept units (the measure
+    re-masking uses), as many as target_counts allow (never more than it has, never fewer than
+    its final count, so the window ends at exactly final_counts). Dropped units keep their
+    weights, so a later re-mask can revive them. Returns the number of units removed."""
+    removed = 0
+    for (_, m), n, floor in zip(prunable(model), target_counts, final_counts):
+        kept = m.out_mask.bool()
+        have = int(kept.sum().item())
+        n = max(floor, min(n, have))
+        if n == have:
+            continue
+        # norms are >= 0, so a kept unit at zero norm still outranks the dropped ones
+        _keep_top(m.out_mask, torch.where(kept, unit_norms(m), torch.full_like(m.out_mask, -1.0)), n)
+        removed += have - n
+    return removed

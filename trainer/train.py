@@ -2,7 +2,8 @@
 
 VeriSparse (default): start from a random sparse mask (ERK densities, or random units for
 structured sparsity), train with IBP / CROWN-IBP, and move the mask as training goes;
-optionally start denser and prune gradually to the target (GraNet; --initial-density).
+optionally start denser and prune gradually to the target (GraNet; --initial-density; for
+structured sparsity whole units are thinned and the compacted sub-network shrinks with them).
 Baselines: dense certified training, dense -> magnitude prune -> certified fine-tune, and
 HYDRA (dense -> prune by optimised scores -> fine-tune; trainer/hydra.py).
 """
@@ -50,7 +51,7 @@ class TrainConfig:
     baseline: str | None = None      # None (VeriSparse) | dense | prune-finetune | hydra
     epochs: int = 100
     dense_epochs: int = 0            # VeriSparse: epochs trained dense before the mask is chosen by magnitude
-    initial_density: float | None = None  # VeriSparse unstructured: random mask this dense, thinned to the target
+    initial_density: float | None = None  # VeriSparse: random mask (or units) this dense, thinned to the target
     prune_window: float = 1.0        # fraction of epochs over which initial_density is thinned (GraNet)
     prune_epochs: int | None = None     # hydra only: score optimisation; default 10% of epochs
     finetune_epochs: int | None = None  # prune-finetune and hydra; default epochs // 2
@@ -119,9 +120,9 @@ class TrainConfig:
         c.warmup_epochs = round(0.05 * c.epochs) if c.warmup_epochs is None else c.warmup_epochs
         c.ramp_epochs = max(1, round(0.5 * c.epochs)) if c.ramp_epochs is None else c.ramp_epochs
         if c.initial_density is not None:
-            if not (c.sparse_from_scratch and c.structure == "unstructured" and not c.dense_epochs):
-                raise VeriSparseError("--initial-density is for unstructured VeriSparse (no --baseline, no "
-                                      "--dense-epochs, no --param-budget); drop it or those")
+            if not (c.sparse_from_scratch and c.param_budget is None and not c.dense_epochs):
+                raise VeriSparseError("--initial-density is for VeriSparse with a --sparsity target (no --baseline, "
+                                      "no --dense-epochs, no --param-budget); drop it or those")
             if not round(1 - c.sparsity, 9) < c.initial_density <= 1:  # rounded: 1 - 0.9 is 0.0999...
                 raise VeriSparseError(f"--initial-density must be in (1 - sparsity, 1] = ({1 - c.sparsity:g}, 1]; "
                                       f"got {c.initial_density}")
@@ -253,7 +254,8 @@ def _train(cfg, out_dir, resume, device, progress, download, compact, res):
         counts = sp.structured_counts(model, cfg.sparsity, cfg.param_budget)
     if cfg.sparse_from_scratch and not cfg.dense_epochs:
         if counts is not None:
-            sp.select_units(model, counts, generator=gen)
+            sp.select_units(model, counts if cfg.initial_density is None else
+                            sp.gradual_structured_counts(model, cfg.initial_density, counts), generator=gen)
         else:
             sp.random_unstructured(model, cfg.sparsity if cfg.initial_density is None else 1 - cfg.initial_density,
                                    gen)
@@ -283,9 +285,9 @@ def _train(cfg, out_dir, resume, device, progress, download, compact, res):
     res.start(dev, state.get("train_macs", 0) if state is not None else 0)
     unstructured_moving = cfg.sparse_from_scratch and counts is None
     update_steps = cfg.epochs * steps_per_epoch
-    # GraNet's gradual pruning: the window's steps, and the ERK counts it must end at
+    # GraNet's gradual pruning: the window's steps, and the ERK (or structured) counts it must end at
     window = max(1, round(cfg.prune_window * update_steps)) if cfg.initial_density is not None else 0
-    final_counts = sp.erk_counts(model, cfg.sparsity) if window else None
+    final_counts = (counts if counts is not None else sp.erk_counts(model, cfg.sparsity)) if window else None
     x_train, y_train = ds.x_train.to(dev), ds.y_train.to(dev)
     bar = tqdm(range(start_epoch, total_epochs), initial=start_epoch, total=total_epochs,
                disable=not (progress and ddp.is_main), desc=f"train {out.name}", unit="epoch")
@@ -306,8 +308,9 @@ def _train(cfg, out_dir, resume, device, progress, download, compact, res):
             ddp.update_masks(model, lambda: sp.select_units(model, counts) if counts is not None
                              else sp.magnitude_unstructured(model, cfg.sparsity))
         elif _remasks(cfg, counts, epoch):
-            # re-mask by L2 norm; revived units resume their old weights
-            ddp.update_masks(model, lambda: sp.select_units(model, counts))
+            # re-mask by L2 norm at the counts of the moment (below the final ones only while
+            # gradual pruning thins); revived units resume their old weights
+            ddp.update_masks(model, lambda: sp.select_units(model, sp.kept_units(model)))
         model.train()
         comp = _compacted(comp, compact and counts is not None and phase not in ("prune", "dense"), model, opt,
                           ds.input_shape)
@@ -350,7 +353,18 @@ def _train(cfg, out_dir, resume, device, progress, download, compact, res):
                 with torch.no_grad():
                     for _, m in prunable(model):
                         m.weight.mul_(m.weight_mask)  # pruned weights stay exactly zero
-            if thin:  # prune towards this step's density first, so RigL's regrown weights get a turn
+            if thin and counts is not None:  # structured: drop units, then train the smaller sub-network
+                if comp:
+                    comp.scatter(replay_pruned=True)  # the norms that choose must be the masked run's
+                target = final_counts if done == window else sp.gradual_structured_counts(
+                    model, sp.gradual_density(done, window, cfg.initial_density, 1 - cfg.sparsity), final_counts)
+                ddp.update_masks(model, lambda: sp.thin_structured(model, target, final_counts))
+                comp = _compacted(comp, compact, model, opt, ds.input_shape)
+                step_model, step_opt = (comp.model, comp.opt) if comp else (model, opt)
+                trained = list(step_model.parameters())
+                step_fn = _step_function(phase, hyd, comp, ds.input_shape)
+                cp.set_step_threads(comp, dev)  # the count to restore stays the one taken at the epoch's start
+            elif thin:  # prune towards this step's density first, so RigL's regrown weights get a turn
                 density = sp.gradual_density(done, window, cfg.initial_density, 1 - cfg.sparsity)
                 ddp.update_masks(model, lambda: sp.thin_unstructured(model, density, final_counts))
             if move:
@@ -359,8 +373,8 @@ def _train(cfg, out_dir, resume, device, progress, download, compact, res):
             loss_sum += loss_value * n_batch
             correct += batch_correct
             step += 1
-        if comp:
-            comp.scatter(replay_pruned=_remasks(cfg, counts, epoch + 1))
+        if comp:  # pruned weights are read again by a later re-mask, or by thinning's row norms
+            comp.scatter(replay_pruned=_remasks(cfg, counts, epoch + 1) or step < window)
         if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
             _diverged(epoch, steps_per_epoch - 1, "the weights are no longer finite")
         if hyd is not None:

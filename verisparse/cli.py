@@ -117,6 +117,8 @@ Examples:
   verisparse train --sparsity 0.95 --dense-epochs 5 --epochs 30 --lr 3e-3 --update-every 50 --out runs/ds
   # start dense and prune gradually to the target over the run while RigL moves the mask (GraNet)
   verisparse train --sparsity 0.95 --initial-density 1 --epochs 30 --lr 3e-3 --update-every 50 --out runs/gradual
+  # the same for whole units: the compacted network shrinks (and its epochs get cheaper) as units go
+  verisparse train --structure structured --sparsity 0.95 --initial-density 1 --epochs 30 --lr 4e-3 --out runs/gs
   # the baselines the paper compares with
   verisparse train --baseline dense --out runs/dense
   verisparse train --baseline prune-finetune --sparsity 0.9 --out runs/pf
@@ -153,9 +155,12 @@ Examples:
               help="VeriSparse: train dense this many epochs first, then keep the largest weights (or units) as "
                    "the starting mask instead of a random one (measured: bench README).")
 @click.option("--initial-density", type=float, default=None,
-              help="VeriSparse, unstructured: start from a random mask this dense (1: dense) and prune by "
-                   "magnitude to 1 - sparsity on a cubic schedule while RigL moves the mask (GraNet) "
-                   "[default: start at 1 - sparsity, the paper's random mask].")
+              help="VeriSparse: start from a random mask this dense (1: dense) and prune by magnitude to "
+                   "1 - sparsity on a cubic schedule every --update-every steps while RigL moves the mask "
+                   "(GraNet); structured: random units at this weight density, the smallest-norm units "
+                   "dropped down to the structured budget's unit counts while re-masking runs as usual, the "
+                   "compacted net re-gathered after each step down [default: start at 1 - sparsity, the "
+                   "paper's random mask].")
 @click.option("--prune-window", type=float, default=1.0, show_default=True,
               help="With --initial-density: fraction of --epochs over which the density falls to its target "
                    "(measured best: all of them).")

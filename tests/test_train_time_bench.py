@@ -1,0 +1,43 @@
+"""bench/train_time.py --set: settings reach each method's TrainConfig with their types."""
+import argparse
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent.parent / "bench"))
+import train_time as tt  # noqa: E402
+
+from verisparse.errors import VeriSparseError  # noqa: E402
+from verisparse.trainer.train import TrainConfig  # noqa: E402
+
+
+def test_set_passes_gradual_pruning_to_structured_verisparse_only():
+    sets = [tt._setting(s) for s in ("verisparse.structured.initial_density=1",
+                                     "verisparse.structured.prune_window=1", "verisparse.structured.lr=4e-3",
+                                     "hydra.update_every=50")]
+    ours = tt._settings_for(sets, "verisparse", "structured")
+    assert ours == dict(initial_density=1.0, prune_window=1.0, lr=4e-3)
+    assert all(type(v) is float for v in ours.values())
+    cfg = TrainConfig(structure="structured", sparsity=0.95, **ours).resolved()
+    assert (cfg.initial_density, cfg.prune_window) == (1.0, 1.0)
+    assert tt._settings_for(sets, "verisparse", "unstructured") == {}
+    assert tt._settings_for(sets, "hydra", "structured") == dict(update_every=50)
+    with pytest.raises(VeriSparseError, match="initial-density"):  # a bad value fails before any training
+        TrainConfig(structure="structured", sparsity=0.95, **tt._settings_for(
+            [tt._setting("verisparse.initial_density=0.01")], "verisparse", "structured")).resolved()
+
+
+@pytest.mark.parametrize("text", ["verisparse.structured.initial_density=dense", "verisparse.structured.nope=1",
+                                  "verisparse.sideways.prune_window=1"])
+def test_set_refuses_what_it_cannot_use(text):
+    with pytest.raises(argparse.ArgumentTypeError):
+        tt._setting(text)
+
+
+def test_time_to_target_skips_epochs_still_thinning():
+    log = [dict(phase="gradual", effective_params=9000, crown_ibp_verified_acc=0.95, train_seconds=1.0),
+           dict(phase="gradual", effective_params=500, crown_ibp_verified_acc=0.90, train_seconds=2.0),
+           dict(phase="sparse", effective_params=500, crown_ibp_verified_acc=0.91, train_seconds=3.0)]
+    assert tt._time_to(log, 0.9, sparse=True) == 2.0
+    assert tt._time_to(log, 0.9, sparse=False) == 1.0
