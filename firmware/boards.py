@@ -60,7 +60,8 @@ def fill(template: str, values: dict) -> str:
 
 
 def project_files(board: Board, sources: dict[str, str]) -> dict[str, str]:
-    """The whole project, name -> text: the generated sources, the kernels and the board files."""
+    """The whole project, name -> text: the generated sources, the kernels and the board files. A
+    generated kernels/vs_config.h among the sources replaces the kernels' own."""
     qemu = board.qemu_machine is not None
     values = dict(BOARD=board.name, DESCRIPTION=board.description, CPU=board.cpu,
                   QEMU_MACHINE=board.qemu_machine or "none", QEMU_CPU=board.cpu,
@@ -71,7 +72,8 @@ def project_files(board: Board, sources: dict[str, str]) -> dict[str, str]:
                   " (generic: flash it with your vendor's tools)",
                   RUN_RULE="$(QEMU) -kernel fw.elf" if qemu else
                   "@echo 'generic board: flash fw.elf with your tools (see README.md)'; false")
-    files = dict(sources)
+    files = kernel_files()
+    files.update(sources)
     files["Makefile"] = fill((HERE / "boards/common/Makefile.in").read_text(), values)
     files["link.ld"] = fill((HERE / "boards/common/link.ld.in").read_text(), values)
     for name in ("startup.c", "main.c", "main_size.c", "vs_platform.h"):
@@ -80,7 +82,6 @@ def project_files(board: Board, sources: dict[str, str]) -> dict[str, str]:
     files["platform.c"] = (HERE / "boards" / ("qemu" if qemu else "generic") / "platform.c").read_text()
     if not qemu:
         files["README.md"] = (HERE / "boards/generic/README.md").read_text()
-    files.update(kernel_files())
     return files
 
 

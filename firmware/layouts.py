@@ -37,12 +37,13 @@ def _listing(names, indent: str) -> str:
 
 
 def library_files(layout: str, board: Board, model: dict[str, str]) -> dict[str, str]:
-    """name -> text of a library layout: model (model.c, model.h), the kernels and the metadata."""
+    """name -> text of a library layout: model (model.c, model.h, kernels/vs_config.h: it replaces the
+    kernels' own), the kernels and the metadata."""
     kernels = kernel_files()
     if layout in ("cmake", "zephyr"):  # the make project's tree: model at the top, kernels/
-        files = {**model, **kernels}
+        files = {**kernels, **model}
     else:  # Arduino compiles src/ and puts only src/ on the include path: one flat folder
-        files = {f"src/{name.split('/')[-1]}": text for name, text in {**model, **kernels}.items()}
+        files = {f"src/{name.split('/')[-1]}": text for name, text in {**kernels, **model}.items()}
     sources = sorted(n for n in files if n.endswith(".c"))
     values = dict(BOARD=board.name, DESCRIPTION=board.description, CPU=board.cpu)
     if layout == "cmake":

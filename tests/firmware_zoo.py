@@ -239,3 +239,25 @@ def keras_dsp_edges() -> bytes:
     model = tf.keras.Model(inp, x)
     _perturb(model, 0.3)
     return _convert(model, (9, 7, 6))
+
+
+def keras_cnn_4layer(widths: tuple[int, int, int], zero_fraction: float, seed: int = 0) -> bytes:
+    """cnn_4layer as bench/firmware_size.py trains it on mnist5k (two 4x4 convolutions of stride 2,
+    two dense layers, 10 classes), at the channel widths structured pruning leaves it (widths),
+    with that fraction of every kernel zero: a few tenths leave every layer dense, as int8
+    rounding does to the bench's structured models; 0.99 stores every layer sparse."""
+    import tensorflow as tf
+    from tensorflow.keras import layers
+
+    tf.keras.utils.set_random_seed(seed)
+    c1, c2, hidden = widths
+    model = tf.keras.Sequential([
+        layers.Input((28, 28, 1), batch_size=1),
+        layers.Conv2D(c1, 4, strides=2, padding="same", activation="relu"),
+        layers.Conv2D(c2, 4, strides=2, padding="same", activation="relu"),
+        layers.Flatten(),
+        layers.Dense(hidden, activation="relu"),
+        layers.Dense(10),
+    ])
+    _perturb(model, zero_fraction, seed)
+    return _convert(model, (28, 28, 1), seed=seed)

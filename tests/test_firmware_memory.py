@@ -286,6 +286,9 @@ def test_dsp_kernels_running_over_their_input_give_the_same_bytes_on_cortex_m4(t
     fw = tmp_path / "fw"
     generate_firmware(src, "mps2-an386", fw, vectors=1)  # a project for its startup, platform and Makefile
     (fw / "main.c").write_text((Path(__file__).resolve().parent / "firmware_sliding.c").read_text())
+    # every code path of the kernels, not just those the MLP's layers run (its kernels/vs_config.h)
+    shipped = Path(__file__).resolve().parents[1] / "firmware" / "kernels" / "vs_config.h"
+    (fw / "kernels" / "vs_config.h").write_text(shipped.read_text())
     header, leads = _slide_cases()
     assert leads[1] == 10
     for leads, expect in ((None, ["same"] * len(_SLIDE_CASES)), (leads[:1] + [5] + leads[2:], None)):

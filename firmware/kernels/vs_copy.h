@@ -1,7 +1,7 @@
 /* Byte copies and fills for gathering windows (convolution patches, depthwise border windows):
- * short runs, a few to a few hundred bytes, called per output pixel. Inline word loops instead
- * of the C library's memcpy and memset: no call per run, and 470 bytes less flash where they are
- * the only users of the library's two functions. */
+ * short runs, a few to a few hundred bytes, called per output pixel. Word loops of our own instead
+ * of the C library's memcpy and memset: 470 bytes less flash where they are the only users of the
+ * library's two functions. */
 #ifndef VS_COPY_H
 #define VS_COPY_H
 
@@ -17,25 +17,35 @@ static inline uint32_t vs_opaque(uint32_t v)
     return v;
 }
 
-static __attribute__((noinline)) void vs_copy(int8_t *dst, const int8_t *src, int n)
+/* n bytes to dst from src, which advances step bytes per word: 4 copies, 0 repeats the word at
+ * src (a fill). One loop for both: flash. */
+static __attribute__((noinline)) void vs_move(int8_t *dst, const int8_t *src, int step, int n)
 {
-    for (; n >= 4; n -= 4, src += 4, dst += 4) {
+    int8_t *const end = dst + n;
+    for (; end - dst >= 4; src += step, dst += 4) {
         uint32_t v;
         memcpy(&v, src, 4);
         v = vs_opaque(v);
         memcpy(dst, &v, 4);
     }
-    for (; n > 0; --n) *dst++ = (int8_t)vs_opaque((uint32_t)*src++);
+    for (step >>= 2; dst != end; src += step) *dst++ = (int8_t)vs_opaque((uint32_t)*src);
 }
 
-static __attribute__((noinline)) void vs_fill(int8_t *dst, int8_t value, int n)
+static inline void vs_copy(int8_t *dst, const int8_t *src, int n)
 {
-    const uint32_t v = (uint8_t)value * UINT32_C(0x01010101);
-    for (; n >= 4; n -= 4, dst += 4) {
-        const uint32_t w = vs_opaque(v);
-        memcpy(dst, &w, 4);
-    }
-    for (; n > 0; --n) *dst++ = (int8_t)vs_opaque(v);
+    vs_move(dst, src, 4, n);
+}
+
+/* pad4: a word of four equal bytes, the fill value */
+static inline void vs_fill(int8_t *dst, const uint32_t *pad4, int n)
+{
+    vs_move(dst, (const int8_t *)pad4, 0, n);
+}
+
+/* the word of four bytes v */
+static inline uint32_t vs_word4(int8_t v)
+{
+    return (uint8_t)v * UINT32_C(0x01010101);
 }
 
 #endif

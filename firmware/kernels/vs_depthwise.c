@@ -25,16 +25,17 @@ size_t vs_depthwise_conv2d_buffer_size(const vs_depthwise_params *p)
 }
 
 /* The window at input position (iy0, ix0) copied to buffer, taps outside the image set to pad */
-static void copy_window(const vs_depthwise_params *p, const int8_t *in, int iy0, int ix0, int8_t pad,
+static void copy_window(const vs_depthwise_params *p, const int8_t *in, int iy0, int ix0, int8_t value,
                         int8_t *buffer)
 {
+    const uint32_t pad = vs_word4(value);
     const int in_c = p->in_c;
     for (int ky = 0; ky < p->k_h; ++ky) {
         const int iy = iy0 + ky * p->dil_h;
         for (int kx = 0; kx < p->k_w; ++kx, buffer += in_c) {
             const int ix = ix0 + kx * p->dil_w;
             if (iy < 0 || iy >= p->in_h || ix < 0 || ix >= p->in_w)
-                vs_fill(buffer, pad, in_c);
+                vs_fill(buffer, &pad, in_c);
             else
                 vs_copy(buffer, in + (iy * p->in_w + ix) * in_c, in_c);
         }

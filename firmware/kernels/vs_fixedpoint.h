@@ -49,7 +49,12 @@ static inline int32_t vs_mbqm_right(int32_t x, int32_t mult, int32_t r1)
 }
 
 /* shift >= 0 (M >= 1/2): no right shift, one rounding. Rare in convolutions (their output scale
- * is usually far above the input's times the weights'), so out of line: flash */
+ * is usually far above the input's times the weights'), so out of line: flash. A kernel file whose
+ * multipliers are all below 1/2 (the generator knows) may define VS_MBQM_LEFT 0 before including
+ * this header, and the path is left out of vs_mbqm_pos and vs_requantize2. */
+#ifndef VS_MBQM_LEFT
+#define VS_MBQM_LEFT 1
+#endif
 static __attribute__((noinline, unused)) int32_t vs_mbqm_left(int32_t x, int32_t mult, int32_t shift)
 {
     const int64_t ab = (int64_t)(int32_t)((uint32_t)x << shift) * mult;
@@ -58,7 +63,7 @@ static __attribute__((noinline, unused)) int32_t vs_mbqm_left(int32_t x, int32_t
 
 static inline int32_t vs_mbqm_pos(int32_t x, int32_t mult, int32_t shift)
 {
-    if (__builtin_expect(shift < 0, 1)) return vs_mbqm_right(x, mult, -shift - 1); /* the usual case: M < 1/2 */
+    if (!VS_MBQM_LEFT || __builtin_expect(shift < 0, 1)) return vs_mbqm_right(x, mult, -shift - 1); /* M < 1/2 */
     return vs_mbqm_left(x, mult, shift);
 }
 
@@ -83,7 +88,7 @@ static inline void vs_requantize2(int32_t a, int32_t b, int32_t mult, int32_t sh
                                   int32_t act_min, int32_t act_max, int8_t *out_a, int8_t *out_b)
 {
     int32_t qa, qb;
-    if (__builtin_expect(shift < 0, 1)) {
+    if (!VS_MBQM_LEFT || __builtin_expect(shift < 0, 1)) {
         qa = vs_mbqm_right(a, mult, -shift - 1);
         qb = vs_mbqm_right(b, mult, -shift - 1);
     } else {

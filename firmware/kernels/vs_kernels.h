@@ -66,7 +66,8 @@ typedef struct {
 
 /* Scratch bytes vs_conv2d needs: two patches side by side,
  * 2 * k_h * k_w * in_c (the DSP kernels run two pixels at once), or 0 for a pointwise
- * convolution (1x1, stride 1, no padding: a pixel's channels are already the patch). */
+ * convolution (1x1, stride 1, no padding: a pixel's channels are already the patch). The
+ * convolutions take buffer NULL exactly where their size function gives 0. */
 size_t vs_conv2d_buffer_size(const vs_conv_params *p);
 /* Scratch bytes vs_conv2d_sparse needs: one patch, k_h * k_w * in_c, or 0 for 1x1 filters */
 size_t vs_conv2d_sparse_buffer_size(const vs_conv_params *p);
