@@ -15,6 +15,7 @@ would not fit MAX_INTERMEDIATE keeps CROWN's bounds.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import torch
@@ -41,9 +42,11 @@ def alpha_crown(net: BoundedNet, x_l, x_u, C, iterations=ITERATIONS, lr=LEARNING
 
 
 def optimise(net: BoundedNet, x_l, x_u, C, iterations=ITERATIONS, lr=LEARNING_RATE, stop_at=0.0,
-             intermediate=MAX_INTERMEDIATE) -> Optimised:
+             intermediate=MAX_INTERMEDIATE, time_limit=None) -> Optimised:
     """alpha-CROWN on C·f(x) over the box; intermediate: the most slope entries the intermediate
-    layers may take (0: CROWN's intermediate bounds, only the output's slopes optimised)."""
+    layers may take (0: CROWN's intermediate bounds, only the output's slopes optimised);
+    time_limit: seconds after which no further step starts (the best so far is as sound)."""
+    start = time.perf_counter()
     with torch.no_grad():
         end, W, const0, lay, slack = net.output_problem(x_l, x_u, C, "crown")
     relus = [i for i in lay.pre if isinstance(net.ops[i], ReLU)]
@@ -80,7 +83,7 @@ def optimise(net: BoundedNet, x_l, x_u, C, iterations=ITERATIONS, lr=LEARNING_RA
     with torch.enable_grad():
         for _ in range(iterations):
             open_rows = (best <= stop_at) & live
-            if not open_rows.any():
+            if not open_rows.any() or (time_limit is not None and time.perf_counter() - start > time_limit):
                 break
             bound, slopes = step()
             keep(bound, slopes)

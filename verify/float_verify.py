@@ -189,7 +189,7 @@ def _bab_stage(sound, runtime, xb, yb, box, inner, C, lb, status, cex, cex_margi
         proved, stage[i] = True, "bab"
         with torch.no_grad(), no_tf32():
             Ci = C[i:i + 1, rows].to(device=sound.device, dtype=torch.float64)
-            root = optimise(net, lo, hi, Ci)  # the intermediate bounds once for every open row
+            root = optimise(net, lo, hi, Ci, time_limit=time_limit / 2)  # intermediate bounds once for all rows
             for r, j in enumerate(rows):
                 left = time_limit - (time.perf_counter() - t0)
                 row_root = Optimised(root.lower[:, r:r + 1], root.pre, {k: v[:, r:r + 1] for k, v in root.slopes.items()})
