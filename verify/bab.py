@@ -1,21 +1,24 @@
-"""Branch and bound over ReLU splits: what CROWN leaves open, settled by cases.
+"""Branch and bound over ReLU splits: what alpha-CROWN leaves open, settled by cases.
 
-A margin row that CROWN cannot prove positive on the box is split on one unstable ReLU input
-z: one subdomain assumes z >= 0, the other z <= 0, and the union is the box again. The box's
-CROWN intermediate bounds hold in every subdomain; each subdomain intersects them with what
-its splits assume (BoundedNet's clips) and with the interval bounds that follow from that,
-which makes the split neuron exact and tightens what comes after it. Where CROWN leaves a
-batch's subdomain open, beta-CROWN (Wang et al., NeurIPS 2021) puts the splits into the bound
-itself: one Lagrange multiplier beta >= 0 per split, optimised jointly with the output's ReLU
-lower slopes by projected Adam (_alpha_beta). A subdomain whose bounds contradict its
-splits is empty. The row is proved when every leaf is proved or empty;
+A margin row that alpha-CROWN cannot prove positive on the box is split on one unstable ReLU
+input z: one subdomain assumes z >= 0, the other z <= 0, and the union is the box again. The
+box's alpha-CROWN intermediate bounds (optimised, verify.alpha_layers) hold in every subdomain;
+each subdomain intersects them with what its splits assume (BoundedNet's clips) and with the
+interval bounds that follow from that, which makes the split neuron exact and tightens what
+comes after it. beta-CROWN (Wang et al., NeurIPS 2021) puts the splits into the bound itself:
+one Lagrange multiplier beta >= 0 per split, optimised jointly with the output's ReLU lower
+slopes by projected Adam (_alpha_beta), starting from the parent's slopes and betas (the
+root's alpha-CROWN slopes first), so a child never restarts from CROWN's. A subdomain whose
+bounds contradict its splits is empty. The row is proved when every leaf is proved or empty;
 a leaf's concretising point that the runtime misclassifies is a counterexample. Bounds are
-the sound float32 ones (verify.rounding), so a split on z is a split on the value the float32
-runtime computes, rounding included.
+the sound ones (verify.rounding), so a split on z is a split on the value the float32 runtime
+computes, rounding included.
 
-Branching follows BaBSR's intercept score (Bunel et al., JMLR 2020): the neuron whose upper
-line's intercept, weighted by how much the bound's linear function leans on it, costs the
-bound most. Many subdomains are bounded in one batched call.
+Branching is filtered smart branching (De Palma et al., ICLR 2021): BaBSR's intercept score
+(Bunel et al., JMLR 2020; the neuron whose upper line's intercept, weighted by how much the
+bound's linear function leans on it, costs the bound most) picks a few candidates per layer,
+and one CROWN pass on each candidate's two children picks the split. Many subdomains are
+bounded in one batched call.
 """
 from __future__ import annotations
 
