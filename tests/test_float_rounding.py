@@ -149,3 +149,42 @@ def test_sound_bounds_contain_float32_executions(kind):
             z = torch.einsum("bsk,bnk->bns", C, model(pts.flatten(0, 1)).view(3, 300, -1)).double()
         assert (z >= lo.unsqueeze(1)).all() and (z <= hi.unsqueeze(1)).all()
         assert (lo <= plain + 1e-9).all() and (plain - lo).max() < 1e-3
+
+
+def test_sparse_rows_are_charged_their_nonzero_terms_and_hold_in_any_summation_order():
+    """A pruned weight's product is an exact zero, so a row's rounding charge counts its nonzero
+    weights only: the interval shrinks with sparsity and still holds for float32 sums of the
+    row taken in random orders, zeros interleaved, sequentially and pairwise."""
+    from verisparse.verify.ops import Linear
+    from verisparse.verify.rounding import gamma, sound_net
+    from verisparse.verify.bounds import BoundedNet
+    rng = np.random.default_rng(3)
+    n = 400
+    W = rng.normal(size=(6, n)) * (rng.random((6, n)) < 0.1)
+    W[0, :] = 0.0
+    W[0, :3] = [1e4, -1e4, 1.0]  # cancelling terms: a large relative error in row 0
+    b = rng.normal(size=6)
+    net = sound_net(BoundedNet([Linear(torch.tensor(W, dtype=torch.float32), torch.tensor(b, dtype=torch.float32))]),
+                    (n,), torch.float64)
+    W32, b32 = W.astype(np.float32), b.astype(np.float32)
+    for _ in range(20):
+        x = rng.uniform(-1, 1, size=n).astype(np.float32)
+        xt = torch.tensor(x, dtype=torch.float64).view(1, -1)
+        err = net.errors[0](xt, xt)[0].numpy()
+        dense = 1.01 * gamma(n + 4) * (np.abs(W32).astype(np.float64) @ np.abs(x) + np.abs(b32))
+        assert (err[1:] < 0.3 * dense[1:]).all()  # a tenth of the terms, a tenth of the charge (and margin)
+        exact = W32.astype(np.float64) @ x.astype(np.float64) + b32
+        for _ in range(10):
+            order = rng.permutation(n)
+            terms = (W32[:, order] * x[order]).astype(np.float32)
+            seq = np.zeros(6, np.float32)
+            for t in terms.T:
+                seq = (seq + t).astype(np.float32)
+            pair = terms
+            while pair.shape[1] > 1:
+                if pair.shape[1] % 2:
+                    pair = np.concatenate([pair, np.zeros((6, 1), np.float32)], 1)
+                pair = (pair[:, ::2] + pair[:, 1::2]).astype(np.float32)
+            for s in (seq, pair[:, 0]):
+                out = (s + b32).astype(np.float32).astype(np.float64)
+                assert (np.abs(out - exact) <= err).all()
