@@ -24,3 +24,15 @@ def random_net(kind: str, gen: torch.Generator, classes=4):
                         MaskedConv2d(3, 4, 3, 2, 1), nn.ReLU(), nn.AvgPool2d(2, 1), nn.Flatten(),
                         MaskedLinear(4 * 2 * 2, 8), nn.ReLU(), MaskedLinear(8, classes))
     return net.eval(), (2, 5, 5)
+
+
+def random_problem(kind: str, gen: torch.Generator, eps=0.15):
+    """A random net and two random points' eps-boxes with labels 0 and 1:
+    (model, shape, bounded net, x_l, x_u, margin spec C)."""
+    from verisparse.verify.bounds import input_box, margin_spec
+    from verisparse.verify.from_torch import bounded_net
+    model, shape = random_net(kind, gen)
+    net = bounded_net(model, shape)
+    x = torch.rand(2, *shape, generator=gen)
+    x_l, x_u = input_box(x, eps)
+    return model, shape, net, x_l, x_u, margin_spec(torch.tensor([0, 1]), 4)

@@ -8,7 +8,7 @@ import torch
 from click.testing import CliRunner
 
 from conftest import trained_digits_export
-from netgen import random_net
+from netgen import random_net, random_problem
 from test_verify_soundness import _brute_force_min, _tiny
 from verisparse.cli import main
 from verisparse.verify.alpha_crown import alpha_crown
@@ -135,12 +135,7 @@ def test_intermediate_bounds_hold_at_every_sampled_point_and_tighten_the_output(
     gen = torch.Generator().manual_seed(15)
     gain = narrower = 0.0
     for trial in range(12):
-        model, shape = random_net("cnn" if trial % 2 else "mlp", gen)
-        net = bounded_net(model, shape)
-        x = torch.rand(2, *shape, generator=gen)
-        y = torch.tensor([0, 1])
-        x_l, x_u = input_box(x, 0.15)
-        C = margin_spec(y, 4)
+        model, shape, net, x_l, x_u, C = random_problem("cnn" if trial % 2 else "mlp", gen)
         with torch.no_grad():
             crown_pre = net.output_problem(x_l, x_u, C, "crown")[3].pre
         old = optimise(net, x_l, x_u, C, intermediate=0)

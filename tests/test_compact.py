@@ -183,13 +183,9 @@ def _alive(run, arch="cnn_4layer"):
     return out
 
 
-@pytest.mark.parametrize("method", ["ibp", "crown-ibp"])
-def test_compact_training_equals_masked_training(tmp_path, method, one_thread):
-    """Masks re-chosen every epoch (units leave and come back), then fixed: the compact run's
-    masks, weights and log match the masked run's to float tolerance. (Once the masks are
-    fixed, the compact run leaves pruned weights where they are, while masked training's
-    Adam still drifts them: nothing reads them again, so only the live weights compare.)"""
-    cfg = TrainConfig(epochs=4, warmup_epochs=0, ramp_epochs=2, update_end=0.75, method=method, **FAST)
+def _compact_and_masked_runs_match(cfg, tmp_path):
+    """Train cfg compacted and masked; their masks are equal and live weights close. Returns
+    {compact: log}."""
     logs = {c: train(cfg, tmp_path / str(c), progress=False, compact=c) for c in (True, False)}
     a, b = _alive(tmp_path / "True"), _alive(tmp_path / "False")
     for k in a:
@@ -197,6 +193,17 @@ def test_compact_training_equals_masked_training(tmp_path, method, one_thread):
             assert torch.equal(a[k], b[k]), k
         else:
             torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+    return logs
+
+
+@pytest.mark.parametrize("method", ["ibp", "crown-ibp"])
+def test_compact_training_equals_masked_training(tmp_path, method, one_thread):
+    """Masks re-chosen every epoch (units leave and come back), then fixed: the compact run's
+    masks, weights and log match the masked run's to float tolerance. (Once the masks are
+    fixed, the compact run leaves pruned weights where they are, while masked training's
+    Adam still drifts them: nothing reads them again, so only the live weights compare.)"""
+    cfg = TrainConfig(epochs=4, warmup_epochs=0, ramp_epochs=2, update_end=0.75, method=method, **FAST)
+    logs = _compact_and_masked_runs_match(cfg, tmp_path)
     moved = sum(r["mask_changes"] for r in logs[True])
     assert moved == sum(r["mask_changes"] for r in logs[False]) and moved > 0
     for ra, rb in zip(logs[True], logs[False]):
@@ -213,13 +220,7 @@ def test_compact_gradual_structured_pruning_equals_masked_training(tmp_path, mon
     monkeypatch.setattr(train_module.cp, "Compacted", lambda *a: built.append(1) or Compacted(*a))
     cfg = TrainConfig(epochs=4, warmup_epochs=0, ramp_epochs=2, update_end=0.75, initial_density=1.0,
                       prune_window=0.5, update_every=5, **FAST)
-    logs = {c: train(cfg, tmp_path / str(c), progress=False, compact=c) for c in (True, False)}
-    a, b = _alive(tmp_path / "True"), _alive(tmp_path / "False")
-    for k in a:
-        if k.endswith("mask"):
-            assert torch.equal(a[k], b[k]), k
-        else:
-            torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+    logs = _compact_and_masked_runs_match(cfg, tmp_path)
     # 46 window steps thinned at steps 5, 10, ..., 45 (nine re-gathers) plus epoch 3's re-mask
     assert len(built) >= 10
     log = logs[True]

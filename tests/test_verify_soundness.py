@@ -8,10 +8,10 @@ import torch
 from scipy.optimize import linprog
 from torch import nn
 
-from netgen import random_net
+from netgen import random_net, random_problem
 from verisparse.trainer.layers import MaskedLinear
 from verisparse.verify.attack import pgd
-from verisparse.verify.bounds import input_box, margin_spec
+from verisparse.verify.bounds import input_box
 from verisparse.verify.float_verify import verify_float
 from verisparse.verify.from_torch import bounded_net
 from verisparse.verify.milp import MilpNet, verify_sample
@@ -135,12 +135,7 @@ def test_milp_matches_brute_force_on_tiny_networks():
 def test_milp_never_looser_than_crown_and_agrees_with_sampling():
     gen = torch.Generator().manual_seed(11)
     for _ in range(25):
-        model, shape = random_net("mlp", gen)
-        net = bounded_net(model, shape)
-        x = torch.rand(2, *shape, generator=gen)
-        y = torch.tensor([0, 1])
-        x_l, x_u = input_box(x, 0.15)
-        C = margin_spec(y, 4)
+        model, shape, net, x_l, x_u, C = random_problem("mlp", gen)
         with torch.no_grad():
             crown = torch.maximum(net.ibp(x_l, x_u, C)[0], net.crown(x_l, x_u, C))
         mnet = MilpNet(net, shape)
@@ -150,7 +145,7 @@ def test_milp_never_looser_than_crown_and_agrees_with_sampling():
             sampled = torch.einsum("bsk,bnk->bns", C, model(pts.flatten(0, 1)).view(2, 2000, -1)).min(1).values
         for b in range(2):
             for j in range(4):
-                if j == int(y[b]):
+                if j == b:  # random_problem labels sample b with class b
                     continue
                 c = C[b, j].double().numpy()
                 bound, _, value, status = mnet.solve(x_l[b].double().numpy(), x_u[b].double().numpy(),
