@@ -314,11 +314,7 @@ def _train(cfg, out_dir, resume, device, progress, download, compact, res):
         model.train()
         comp = _compacted(comp, compact and counts is not None and phase not in ("prune", "dense"), model, opt,
                           ds.input_shape)
-        step_model, step_opt = (comp.model, comp.opt) if comp else (model, opt)
-        trained = hyd.scores if phase == "prune" else list(step_model.parameters())
-        if phase == "prune":  # HYDRA's prune phase moves scores only
-            step_opt = hyd.opt
-        step_fn = _step_function(phase, hyd, comp, ds.input_shape)
+        step_model, step_opt, trained, step_fn = _step_setup(phase, hyd, comp, model, opt, ds.input_shape)
         threads = cp.set_step_threads(comp, dev)
         order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)).to(dev)
         loss_sum = correct = 0.0
@@ -360,9 +356,8 @@ def _train(cfg, out_dir, resume, device, progress, download, compact, res):
                     model, sp.gradual_density(done, window, cfg.initial_density, 1 - cfg.sparsity), final_counts)
                 ddp.update_masks(model, lambda: sp.thin_structured(model, target, final_counts))
                 comp = _compacted(comp, compact, model, opt, ds.input_shape)
-                step_model, step_opt = (comp.model, comp.opt) if comp else (model, opt)
-                trained = list(step_model.parameters())
-                step_fn = _step_function(phase, hyd, comp, ds.input_shape)
+                step_model, step_opt, trained, step_fn = _step_setup(phase, hyd, comp, model, opt,
+                                                                     ds.input_shape)
                 cp.set_step_threads(comp, dev)  # the count to restore stays the one taken at the epoch's start
             elif thin:  # prune towards this step's density first, so RigL's regrown weights get a turn
                 density = sp.gradual_density(done, window, cfg.initial_density, 1 - cfg.sparsity)
@@ -432,6 +427,15 @@ def _certified_step(model, xb, yb, eps, num_classes, method, beta, kappa):
     net = bounded_net(model, xb.shape[1:])
     loss, logits = certified_loss(net, xb, yb, eps, num_classes, method, beta, kappa)
     return loss, logits, net
+
+
+def _step_setup(phase, hyd, comp, model, opt, input_shape):
+    """(model, optimiser, trained tensors, step function) of the steps to come: the compacted
+    sub-network where there is one; HYDRA's prune phase moves its scores only."""
+    step_model, step_opt = (comp.model, comp.opt) if comp else (model, opt)
+    if phase == "prune":
+        return step_model, hyd.opt, hyd.scores, _step_function(phase, hyd, comp, input_shape)
+    return step_model, step_opt, list(step_model.parameters()), _step_function(phase, hyd, comp, input_shape)
 
 
 def _step_function(phase, hyd, comp, in_shape):
