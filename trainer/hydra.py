@@ -25,6 +25,7 @@ from verisparse.verify.from_torch import bounded_net
 
 from . import sparsity as sp
 from .models import prunable
+from .optim import adam
 
 
 class _TopK(torch.autograd.Function):
@@ -74,7 +75,7 @@ class Hydra:
             magnitude = sp.unit_norms(m) if self.structured else m.weight.detach().abs()
             score = math.sqrt(6 / fan_in) * magnitude / magnitude.max().clamp_min(1e-12)
             self.scores.append(score.clone().requires_grad_(True))
-        self.opt = torch.optim.Adam(self.scores, lr=self.cfg.lr)
+        self.opt = adam(self.scores, self.cfg.lr)
 
     def net(self, model, in_shape):
         """The bounded network with each layer's top-k mask applied to its frozen weights."""
@@ -124,5 +125,5 @@ class Hydra:
         if state is None:
             return
         self.scores = [s.to(device).requires_grad_(True) for s in state["scores"]]
-        self.opt = torch.optim.Adam(self.scores, lr=self.cfg.lr)
+        self.opt = adam(self.scores, self.cfg.lr)
         self.opt.load_state_dict(state["optimizer"])

@@ -33,6 +33,7 @@ from .datasets import load_dataset, split_hash
 from .evaluate import evaluate
 from .hydra import Hydra
 from .models import build_model, prunable
+from .optim import adam
 from .resources import Resources
 
 
@@ -259,7 +260,7 @@ def _train(cfg, out_dir, resume, device, progress, download, compact, res):
         else:
             sp.random_unstructured(model, cfg.sparsity if cfg.initial_density is None else 1 - cfg.initial_density,
                                    gen)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    opt = adam(model.parameters(), cfg.lr)
     hyd = Hydra(cfg, counts) if cfg.baseline == "hydra" else None
     start_epoch, step, train_seconds = 0, 0, 0.0
     if state is not None:
@@ -350,8 +351,8 @@ def _train(cfg, out_dir, resume, device, progress, download, compact, res):
                     for _, m in prunable(model):
                         m.weight.mul_(m.weight_mask)  # pruned weights stay exactly zero
             if thin and counts is not None:  # structured: drop units, then train the smaller sub-network
-                if comp:
-                    comp.scatter(replay_pruned=True)  # the norms that choose must be the masked run's
+                if comp:  # thinning reads the kept units' norms; pruned weights matter only to a re-mask ahead
+                    comp.scatter(replay_pruned=_remasks(cfg, counts, epoch + 1))
                 target = final_counts if done == window else sp.gradual_structured_counts(
                     model, sp.gradual_density(done, window, cfg.initial_density, 1 - cfg.sparsity), final_counts)
                 ddp.update_masks(model, lambda: sp.thin_structured(model, target, final_counts))
@@ -368,8 +369,8 @@ def _train(cfg, out_dir, resume, device, progress, download, compact, res):
             loss_sum += loss_value * n_batch
             correct += batch_correct
             step += 1
-        if comp:  # pruned weights are read again by a later re-mask, or by thinning's row norms
-            comp.scatter(replay_pruned=_remasks(cfg, counts, epoch + 1) or step < window)
+        if comp:  # pruned weights are read again only by a later re-mask (re-masks run on consecutive epochs)
+            comp.scatter(replay_pruned=_remasks(cfg, counts, epoch + 1))
         if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
             _diverged(epoch, steps_per_epoch - 1, "the weights are no longer finite")
         if hyd is not None:

@@ -177,6 +177,10 @@ Examples:
 @click.option("--update-every", type=int, default=100, show_default=True,
               help="Steps between unstructured prune/regrow.")
 @click.option("--update-fraction", type=float, default=0.3, show_default=True)
+@click.option("--update-end", type=float, default=0.75, show_default=True,
+              help="Fraction of --epochs after which the mask stops moving (RigL's prune/regrow; structured "
+                   "re-masking by unit norm). 0: it never moves, except by --initial-density's thinning "
+                   "(measured best for structured gradual pruning: bench README).")
 @click.option("--eval-crown-every", type=int, default=0, show_default=True,
               help="Epochs between full-CROWN evaluations of the test split (0: last epoch only, -1: never; "
                    "IBP, PGD and CROWN-IBP run every epoch).")
