@@ -343,7 +343,7 @@ def _train(cfg, out_dir, resume, device, progress, download, compact, res):
                 grads = ddp.average(torch.autograd.grad(loss, weights, retain_graph=True))
             step_opt.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(trained, cfg.grad_clip)
+            torch.nn.utils.clip_grad_norm_(trained, cfg.grad_clip, foreach=True)
             step_opt.step()
             res.step_end()
             if unstructured_moving or phase == "finetune":
