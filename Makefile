@@ -44,7 +44,7 @@ run: $(STAMP) toolchain
 	$(VENV)/bin/verisparse report $(RUN)
 
 test: $(STAMP) toolchain
-	$(PY) -m pytest -q -m "not pi"  # the pi tests belong to `make pi-check`
+	$(PY) -m pytest -q -m "not pi" --durations=25  # the pi tests belong to `make pi-check`; CI logs the slowest
 
 # The root filesystem is built once (about 9 minutes, emulated) and cached outside the checkout.
 pi-check: $(STAMP)

@@ -1,3 +1,4 @@
+import shutil
 import sys
 from pathlib import Path
 
@@ -21,6 +22,22 @@ def trained_digits_export(out, arch, eps, epochs, **kw):
     train(TrainConfig(dataset="digits", arch=arch, eps=eps, epochs=epochs, **kw), out, progress=False)
     export_run(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def digits_export(tmp_path_factory):
+    """trained_digits_export(out, ...) that trains and exports each setting once per session:
+    several modules ask for the same short run, and each gets its own copy (tests write
+    certificates and firmware into it). Training is seeded, so a copy is what a fresh run makes."""
+    made = {}
+
+    def get(out, arch, eps, epochs, **kw):
+        key = (arch, eps, epochs, tuple(sorted(kw.items())))
+        if key not in made:
+            made[key] = trained_digits_export(tmp_path_factory.mktemp("shared") / "run", arch, eps, epochs, **kw)
+        shutil.copytree(made[key], out)
+        return out
+    return get
 
 
 @pytest.fixture(scope="session")

@@ -4,8 +4,13 @@ Inputs have a fixed batch size of 1: with a dynamic batch, Keras 3 turns Flatten
 SHAPE/STRIDED_SLICE/PACK ops that compute the reshape target at run time.
 
 Each builder returns the flatbuffer bytes; weights are random with a fixed seed and some
-weights are zeroed so the sparse kernels are exercised too."""
+weights are zeroed so the sparse kernels are exercised too.
+
+Each builder converts once per test session (functools.cache): several test modules use the
+same models, and a conversion costs seconds of TensorFlow. The bytes are immutable."""
 from __future__ import annotations
+
+from functools import cache
 
 import numpy as np
 
@@ -45,6 +50,7 @@ def _perturb(model, fraction, seed=0):
         layer.set_weights(ws)
 
 
+@cache
 def keras_cnn() -> bytes:
     """CONV_2D (SAME, stride 2, RELU6; dilation 2), DEPTHWISE_CONV_2D (multiplier 2, RELU),
     MAX_POOL_2D, AVERAGE_POOL_2D (SAME, partial windows), RESHAPE, FULLY_CONNECTED; int8 in/out."""
@@ -66,6 +72,7 @@ def keras_cnn() -> bytes:
     return _convert(model, (9, 9, 2))
 
 
+@cache
 def keras_residual() -> bytes:
     """ADD (two branches, different scales), float in/out (QUANTIZE and DEQUANTIZE at the ends),
     and a FULLY_CONNECTED with per-tensor weight scale."""
@@ -86,6 +93,7 @@ def keras_residual() -> bytes:
     return _convert(model, (8, 8, 3), int8_io=False, per_tensor_dense=True)
 
 
+@cache
 def keras_mlp() -> bytes:
     """FULLY_CONNECTED only, 90% of the weights zero: sparse FC storage."""
     import tensorflow as tf
@@ -98,6 +106,7 @@ def keras_mlp() -> bytes:
     return _convert(model, (300,))
 
 
+@cache
 def keras_float() -> bytes:
     """A float model (no quantization), which the firmware must refuse."""
     import tensorflow as tf
@@ -107,6 +116,7 @@ def keras_float() -> bytes:
     return tf.lite.TFLiteConverter.from_keras_model(model).convert()
 
 
+@cache
 def keras_hybrid() -> bytes:
     """A dynamic-range ("hybrid") model: int8 weights, float activations; refused too."""
     import tensorflow as tf
@@ -119,6 +129,7 @@ def keras_hybrid() -> bytes:
     return conv.convert()
 
 
+@cache
 def keras_softmax() -> bytes:
     """A tiny int8 model ending in SOFTMAX."""
     import tensorflow as tf
@@ -129,6 +140,7 @@ def keras_softmax() -> bytes:
     return _convert(model, (4,))
 
 
+@cache
 def keras_unsupported() -> bytes:
     """An int8 model with TRANSPOSE (Keras' Permute), an op the firmware does not support."""
     import tensorflow as tf
@@ -140,6 +152,7 @@ def keras_unsupported() -> bytes:
     return _convert(model, (4, 3))
 
 
+@cache
 def keras_heads() -> bytes:
     """Concatenate (two branches), standalone RELU, RELU6 and LEAKY_RELU, GlobalAveragePooling2D
     (MEAN over height and width), SQUEEZE and EXPAND_DIMS, SOFTMAX at the end."""
@@ -168,6 +181,7 @@ def keras_heads() -> bytes:
     return _convert(model, (6, 6, 3))
 
 
+@cache
 def keras_dynamic_batch() -> bytes:
     """Converted with a dynamic batch (no batch_size): Flatten becomes SHAPE -> STRIDED_SLICE ->
     PACK -> RESHAPE; with DepthwiseConv2D, GlobalAveragePooling2D (then SQUEEZE), Concatenate and Softmax."""
@@ -188,6 +202,7 @@ def keras_dynamic_batch() -> bytes:
     return _convert(model, (8, 8, 2))
 
 
+@cache
 def keras_elementwise() -> bytes:
     """MUL (same shape, broadcast from a squeeze-excite MEAN, and by a constant), SUB, MAXIMUM,
     MINIMUM, LOGISTIC, TANH, HARD_SWISH."""
@@ -219,6 +234,7 @@ KERAS_MODELS = {"keras_cnn": keras_cnn, "keras_residual": keras_residual, "keras
                 "keras_elementwise": keras_elementwise}
 
 
+@cache
 def keras_dsp_edges() -> bytes:
     """The DSP kernels' edges: depthwise layers of 6 channels (a group of four and two left
     over) with stride, dilation and padding on every border, a convolution whose patch (54)
@@ -241,6 +257,7 @@ def keras_dsp_edges() -> bytes:
     return _convert(model, (9, 7, 6))
 
 
+@cache
 def keras_cnn_4layer(widths: tuple[int, int, int], zero_fraction: float, seed: int = 0) -> bytes:
     """cnn_4layer as bench/firmware_size.py trains it on mnist5k (two 4x4 convolutions of stride 2,
     two dense layers, 10 classes), at the channel widths structured pruning leaves it (widths),

@@ -7,7 +7,6 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from conftest import trained_digits_export
 from netgen import random_net, random_problem
 from test_verify_soundness import _brute_force_min, _tiny
 from verisparse.cli import main
@@ -88,8 +87,8 @@ def test_sound_stage_keeps_the_rounding_charge():
 
 
 @pytest.fixture(scope="module")
-def digits_run(tmp_path_factory):
-    return trained_digits_export(tmp_path_factory.mktemp("alpha") / "run", "mlp_2layer", eps=0.05, epochs=3)
+def digits_run(tmp_path_factory, digits_export):
+    return digits_export(tmp_path_factory.mktemp("alpha") / "run", "mlp_2layer", eps=0.05, epochs=3)
 
 
 @pytest.mark.parametrize("method", ["alpha-crown", "bab"])

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ZOO, trained_digits_export
+from conftest import ZOO
 from netgen import random_net
 from verisparse.trainer.models import build_model
 from verisparse.verify.bounds import BoundedNet, margin_spec
@@ -137,8 +137,8 @@ def test_tf32_off_in_the_trainers_evaluation(tf32_on):
 
 
 @pytest.fixture(scope="module")
-def int8_run(tmp_path_factory):
-    return trained_digits_export(tmp_path_factory.mktemp("int8") / "mlp", "mlp_2layer", eps=0.05, epochs=2)
+def int8_run(tmp_path_factory, digits_export):
+    return digits_export(tmp_path_factory.mktemp("int8") / "mlp", "mlp_2layer", eps=0.05, epochs=2)
 
 
 @pytest.mark.slow

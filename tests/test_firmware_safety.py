@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from conftest import trained_digits_export
 from verisparse.cli import main
 from verisparse.errors import VeriSparseError
 from verisparse.firmware import outdir
@@ -19,9 +18,9 @@ from verisparse.tflite_graph import read_tflite
 
 
 @pytest.fixture(scope="module")
-def digits_run(tmp_path_factory):
+def digits_run(tmp_path_factory, digits_export):
     """A real run directory: cnn_4layer, one epoch on digits, exported (int8 in and out)."""
-    return trained_digits_export(tmp_path_factory.mktemp("fw-safety") / "run", "cnn_4layer", 0.05, epochs=1)
+    return digits_export(tmp_path_factory.mktemp("fw-safety") / "run", "cnn_4layer", 0.05, epochs=1)
 
 
 @pytest.fixture(scope="module")

@@ -114,9 +114,8 @@ def test_xnnpack_widening_contains_float_requantization_and_reference():
 # --- LiteRT's XNNPACK delegate on a trained, exported model
 
 @pytest.fixture(scope="module")
-def digits_run(tmp_path_factory):
-    from conftest import trained_digits_export
-    return trained_digits_export(tmp_path_factory.mktemp("int8bab") / "cnn", "cnn_4layer", eps=0.05, epochs=8)
+def digits_run(tmp_path_factory, digits_export):
+    return digits_export(tmp_path_factory.mktemp("int8bab") / "cnn", "cnn_4layer", eps=0.05, epochs=8)
 
 
 @pytest.mark.slow

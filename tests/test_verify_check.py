@@ -10,15 +10,14 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from conftest import trained_digits_export
 from verisparse.cli import main
 
 
 @pytest.fixture(scope="module")
-def certified(tmp_path_factory):
+def certified(tmp_path_factory, digits_export):
     """A short digits run, verified with CROWN: (run dir, certificate dict). The certificate
     has verified and falsified samples."""
-    run = trained_digits_export(tmp_path_factory.mktemp("check") / "run", "mlp_2layer", eps=0.05, epochs=3)
+    run = digits_export(tmp_path_factory.mktemp("check") / "run", "mlp_2layer", eps=0.05, epochs=3)
     r = _cli("verify", run / "model.onnx", "--n", 40, "--method", "crown", "--eps", 0.05)
     assert r.exit_code == 0, r.output
     cert = json.loads((run / "certificate.json").read_text())

@@ -8,13 +8,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from conftest import trained_digits_export
 from verisparse.cli import main
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    return trained_digits_export(tmp_path_factory.mktemp("verify") / "mlp", "mlp_2layer", eps=0.05, epochs=3)
+def run_dir(tmp_path_factory, digits_export):
+    return digits_export(tmp_path_factory.mktemp("verify") / "mlp", "mlp_2layer", eps=0.05, epochs=3)
 
 
 def _verify(*args):

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from conftest import trained_digits_export
 from verisparse.cli import main
 from verisparse.errors import VeriSparseError
 from verisparse.verify.artifact import load_artifact
@@ -20,8 +19,8 @@ CAP_S = 30.0  # per case; an honest case takes well under a second
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    return trained_digits_export(tmp_path_factory.mktemp("fuzz") / "run", "cnn_4layer", eps=0.05, epochs=1)
+def run(tmp_path_factory, digits_export):
+    return digits_export(tmp_path_factory.mktemp("fuzz") / "run", "cnn_4layer", eps=0.05, epochs=1)
 
 
 def _mutate(data, rng):

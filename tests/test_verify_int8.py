@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import trained_digits_export
 from verisparse.fixedpoint import multiply_by_quantized_multiplier, quantize_multipliers
 from verisparse.verify import ops
 from verisparse.verify.bounds import BoundedNet, margin_spec
@@ -113,8 +112,8 @@ def test_fully_connected_hull_covers_both_roundings():
 # --- the real thing: a trained digits model, exported by the project's exporter, run by LiteRT
 
 @pytest.fixture(scope="module")
-def digits_run(tmp_path_factory):
-    return trained_digits_export(tmp_path_factory.mktemp("int8") / "cnn", "cnn_4layer", eps=0.05, epochs=8)
+def digits_run(tmp_path_factory, digits_export):
+    return digits_export(tmp_path_factory.mktemp("int8") / "cnn", "cnn_4layer", eps=0.05, epochs=8)
 
 
 @pytest.mark.slow

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from conftest import trained_digits_export
 from verisparse.cli import main
 from verisparse.verify.certificate import derived_summary
 from verisparse.verify.shard import parse, slice_of
@@ -20,8 +19,8 @@ ARGS = ("--n", N, "--eps", 0.1, "--method", "crown", "--device", "cpu")
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    return trained_digits_export(tmp_path_factory.mktemp("shard") / "mlp", "mlp_2layer", eps=0.05, epochs=3)
+def run_dir(tmp_path_factory, digits_export):
+    return digits_export(tmp_path_factory.mktemp("shard") / "mlp", "mlp_2layer", eps=0.05, epochs=3)
 
 
 @pytest.fixture(scope="module")

@@ -72,24 +72,31 @@ def _tiny(gen, n_in, widths, classes=3):
 
 def _brute_force_min(model, x_l, x_u, c):
     """min c . f(x) over the box, by enumerating ReLU activation patterns: fixed a pattern,
-    f is affine on a polyhedron, so one LP per pattern gives the exact minimum."""
+    f is affine on a polyhedron, so one LP per pattern gives the exact minimum. A neuron whose
+    affine input has one sign on the whole box takes that side only: the other side's polyhedron
+    is empty, and skipping its LPs (most of the patterns) leaves the minimum as it was."""
     Ws = [(m.weight.detach().double().numpy(), m.bias.detach().double().numpy())
           for m in model if isinstance(m, nn.Linear)]
-    sizes = [W.shape[0] for W, _ in Ws[:-1]]
-    best = np.inf
-    for pattern in itertools.product([0, 1], repeat=sum(sizes)):
-        A_ub, b_ub = [], []
-        M, c0 = np.eye(len(x_l)), np.zeros(len(x_l))  # current affine map of x
-        pos = 0
-        for (W, b), n in zip(Ws[:-1], sizes):
-            Z, z0 = W @ M, W @ c0 + b
-            p = np.array(pattern[pos:pos + n], dtype=float)
-            pos += n
+    x_l, x_u = np.asarray(x_l, dtype=float), np.asarray(x_u, dtype=float)
+
+    def patterns(layer, M, c0, A_ub, b_ub):
+        """Yields (A_ub, b_ub, M, c0) for every pattern of the layers from `layer` on."""
+        if layer == len(Ws) - 1:
+            yield A_ub, b_ub, M, c0
+            return
+        W, b = Ws[layer]
+        Z, z0 = W @ M, W @ c0 + b
+        lo = np.minimum(Z * x_l, Z * x_u).sum(1) + z0  # exact range of each z over the box
+        hi = np.maximum(Z * x_l, Z * x_u).sum(1) + z0
+        sides = [(1,) if l > 1e-7 else (0,) if h < -1e-7 else (0, 1) for l, h in zip(lo, hi)]
+        for pattern in itertools.product(*sides):
+            p = np.array(pattern, dtype=float)
             sign = np.where(p == 1, -1.0, 1.0)  # active: z >= 0 -> -z <= 0; inactive: z <= 0
-            A_ub.append(sign[:, None] * Z)
-            b_ub.append(-sign * z0)
-            M, c0 = p[:, None] * Z, p * z0
-        W, b = Ws[-1]
+            yield from patterns(layer + 1, p[:, None] * Z, p * z0, A_ub + [sign[:, None] * Z], b_ub + [-sign * z0])
+
+    best = np.inf
+    W, b = Ws[-1]
+    for A_ub, b_ub, M, c0 in patterns(0, np.eye(len(x_l)), np.zeros(len(x_l)), [], []):
         obj, off = c @ (W @ M), c @ (W @ c0 + b)
         r = linprog(obj, A_ub=np.vstack(A_ub), b_ub=np.concatenate(b_ub), bounds=list(zip(x_l, x_u)),
                     method="highs")

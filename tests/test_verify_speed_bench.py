@@ -4,15 +4,14 @@ from pathlib import Path
 
 import pytest
 
-from conftest import trained_digits_export
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "bench"))
 import verify_speed as vs  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    return trained_digits_export(tmp_path_factory.mktemp("speed") / "run", "mlp_2layer", eps=0.05, epochs=2)
+def run(tmp_path_factory, digits_export):
+    return digits_export(tmp_path_factory.mktemp("speed") / "run", "mlp_2layer", eps=0.05, epochs=2)
 
 
 def test_method_rows_count_every_sample_and_the_cascade_only_adds(run, one_thread):
