@@ -41,3 +41,18 @@ def test_time_to_target_skips_epochs_still_thinning():
            dict(phase="sparse", effective_params=500, crown_ibp_verified_acc=0.91, train_seconds=3.0)]
     assert tt._time_to(log, 0.9, sparse=True) == 2.0
     assert tt._time_to(log, 0.9, sparse=False) == 1.0
+
+
+def _logs(*finals):
+    return [[dict(crown_verified_acc=acc, train_seconds=sec)] for acc, sec in finals]
+
+
+def test_claim_is_judged_on_the_means_over_seeds():
+    """One lucky seed does not make the claim, and one unlucky one does not break it."""
+    hydra = _logs((0.90, 60.0), (0.88, 66.0))  # mean 89.0%, 63 s
+    lucky = _logs((0.905, 20.0), (0.865, 20.0))  # seed 0 above HYDRA's, mean 88.5%: -0.5 pt
+    assert "MET (-0.5 pt, 0.32x" in tt._claim(lucky, [hydra], hydra)
+    short = _logs((0.905, 20.0), (0.855, 20.0))  # mean 88.0%: -1.0 pt
+    assert "not met (-1.0 pt, 0.32x" in tt._claim(short, [hydra], hydra)
+    slow = _logs((0.91, 22.0), (0.89, 22.0))
+    assert "not met (+1.0 pt, 0.35x" in tt._claim(slow, [hydra], hydra)
