@@ -1,5 +1,6 @@
 """Firmware: fixed-point helpers, sparse storage, arena plan, the generated C under host
 sanitizers, bad input, and (slow) the whole zoo in QEMU, byte for byte against TFLM and LiteRT."""
+import concurrent.futures
 import json
 import re
 import shutil
@@ -207,7 +208,8 @@ def test_zoo_is_bit_exact_in_qemu(zoo_exports, keras_models, tmp_path):
     model each; instruction counts repeatable."""
     sources = {f"{a}-{m}": zoo_exports[(a, m)][0] for a in ZOO for m in MODES}
     sources.update(keras_models)
-    for name, src in sources.items():
+
+    def check(name, src):
         for board in ("mps2-an385", "mps2-an386"):
             fw = tmp_path / f"{name}-{board}"
             r = generate_firmware(src, board, fw, run=True, vectors=200)
@@ -220,6 +222,11 @@ def test_zoo_is_bit_exact_in_qemu(zoo_exports, keras_models, tmp_path):
                            src if src.is_dir() else None)
         host = toolchain.parse_outputs(toolchain.run_host(fw), 200, int(np.prod(prog.output.shape)))
         np.testing.assert_array_equal(host, run_tflm(tfl.read_bytes(), prog, vec), err_msg=name)
+
+    # Two models at a time: each spends most of its time in the compilers and QEMU, one core each.
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        for done in [pool.submit(check, name, src) for name, src in sources.items()]:
+            done.result()  # re-raises a model's failure here
     for board in ("mps2-an500", "mps2-an505"):
         r = generate_firmware(keras_models["keras_cnn"], board, tmp_path / board, run=True)
         assert r["exactness"]["exact"], (board, r["exactness"])
