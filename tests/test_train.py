@@ -46,6 +46,17 @@ def test_run_directory_contract(tmp_path):
     assert c.arch == "cnn_4layer" and model(ds.x_test[:2]).shape == (2, 10)
 
 
+def test_attack_and_crown_ibp_run_every_eval_every_epochs_and_on_the_last(tmp_path):
+    assert TrainConfig(epochs=100).resolved().eval_every == 5 and TrainConfig(epochs=30).resolved().eval_every == 1
+    log = train(TrainConfig(arch="mlp_2layer", epochs=5, sparsity=0.9, eval_every=2, **FAST), tmp_path / "run",
+                progress=False)
+    attacked = [r["epoch"] for r in log if "pgd_robust_acc" in r]
+    assert attacked == [r["epoch"] for r in log if "crown_ibp_verified_acc" in r] == [2, 4, 5]
+    for r in log:  # clean and IBP-verified every epoch, and IBP still never above clean
+        assert r["ibp_verified_acc"] <= r["clean_acc"]
+    assert "crown_verified_acc" in log[-1]
+
+
 def test_masks_move_during_training(tmp_path):
     out = tmp_path / "run"
     torch.manual_seed(0)

@@ -34,7 +34,7 @@ def _strict_json(line):
     dict(warmup_epochs=-1), dict(ramp_epochs=-1), dict(warmup_epochs=3, ramp_epochs=3, epochs=4),
     dict(epochs=0), dict(batch_size=0), dict(update_every=0), dict(seed=-1),
     dict(baseline="prune-finetune", finetune_epochs=-1), dict(structure="structured", param_budget=0),
-    dict(eval_crown_every=-2), dict(eps_train=math.nan), dict(eps_train=1.5), dict(eps=math.nan),
+    dict(eval_crown_every=-2), dict(eval_every=0), dict(eps_train=math.nan), dict(eps_train=1.5), dict(eps=math.nan),
     dict(sparsity=math.nan), dict(lr_final=math.nan), dict(grad_clip=math.inf), dict(update_end=2.0),
     dict(epochs="5"), dict(lr="fast"), dict(batchnorm="yes"), dict(seed=1.5),
 ])

@@ -70,6 +70,7 @@ class TrainConfig:
     update_end: float = 0.75         # masks stop moving after this fraction of training
     seed: int = 0
     eval_crown_every: int = 0        # epochs between full-CROWN evaluations; 0: last epoch only; -1: never
+    eval_every: int | None = None    # epochs between PGD and CROWN-IBP evaluations (and the last); default epochs // 20
 
     def resolved(self) -> "TrainConfig":
         """Check every setting and fill the derived defaults; raises VeriSparseError.
@@ -111,13 +112,16 @@ class TrainConfig:
                                ("update-fraction", 0 < c.update_fraction <= 1, "in (0, 1]"),
                                ("update-end", 0 <= c.update_end <= 1, "in [0, 1]"),
                                ("seed", 0 <= c.seed < 2 ** 32, "in [0, 2**32)"),
-                               ("eval-crown-every", c.eval_crown_every >= -1, ">= -1")):
+                               ("eval-crown-every", c.eval_crown_every >= -1, ">= -1"),
+                               ("eval-every", c.eval_every is None or c.eval_every >= 1, ">= 1")):
             if not ok:
                 raise VeriSparseError(f"--{name} must be {what}; got {getattr(c, name.replace('-', '_'))}")
         c.finetune_epochs = (max(1, c.epochs // 2) if c.finetune_epochs is None else c.finetune_epochs) \
             if c.baseline in ("prune-finetune", "hydra") else 0
         c.prune_epochs = (max(1, round(0.1 * c.epochs)) if c.prune_epochs is None else c.prune_epochs) \
             if c.baseline == "hydra" else 0
+        # About 20 attack-and-CROWN-IBP points per run: on the default run, every epoch's took 80 of its 230 s.
+        c.eval_every = max(1, c.epochs // 20) if c.eval_every is None else c.eval_every
         c.warmup_epochs = round(0.05 * c.epochs) if c.warmup_epochs is None else c.warmup_epochs
         c.ramp_epochs = max(1, round(0.5 * c.epochs)) if c.ramp_epochs is None else c.ramp_epochs
         if c.initial_density is not None:
@@ -145,11 +149,12 @@ class TrainConfig:
 
 
 _INT_FIELDS = ("param_budget", "epochs", "dense_epochs", "prune_epochs", "finetune_epochs", "batch_size",
-               "warmup_epochs", "ramp_epochs", "update_every", "seed", "eval_crown_every")
+               "warmup_epochs", "ramp_epochs", "update_every", "seed", "eval_crown_every",
+               "eval_every")
 _FLOAT_FIELDS = ("eps", "eps_train", "sparsity", "lr", "lr_final", "grad_clip", "kappa_start", "kappa_end",
                  "update_fraction", "update_end", "initial_density", "prune_window")
 _OPTIONAL = ("data_root", "eps_train", "param_budget", "baseline", "prune_epochs", "finetune_epochs", "lr",
-             "warmup_epochs", "ramp_epochs", "initial_density")
+             "warmup_epochs", "ramp_epochs", "initial_density", "eval_every")
 
 
 def _check_types(c: TrainConfig):
@@ -384,10 +389,12 @@ def _train(cfg, out_dir, resume, device, progress, download, compact, res):
         with ddp.main_only():  # evaluation, checkpoint and log are rank 0's
             if ddp.is_main:
                 every = cfg.eval_crown_every
-                full = (epoch + 1 == total_epochs and every >= 0) or (every > 0 and (epoch + 1) % every == 0)
+                last = epoch + 1 == total_epochs
+                full = (last and every >= 0) or (every > 0 and (epoch + 1) % every == 0)
+                attack = full or last or (epoch + 1) % cfg.eval_every == 0
                 # The compact network is what export ships (it folds pruned units away), at a fraction of the cost.
                 metrics = evaluate(comp.model if comp else model, ds.x_test, ds.y_test, cfg.eps, K,
-                                   full_crown=full, device=dev)
+                                   full_crown=full, device=dev, attack=attack)
                 summary = sp.sparsity_summary(model)
                 record = dict(epoch=epoch + 1, phase=phase, eps_train_now=eps, beta=beta, kappa=kappa, lr=lr,
                               loss=loss_sum / n, train_acc=correct / n, **metrics, eps=cfg.eps,

@@ -182,8 +182,10 @@ Examples:
                    "re-masking by unit norm). 0: it never moves, except by --initial-density's thinning "
                    "(measured best for structured gradual pruning: bench README).")
 @click.option("--eval-crown-every", type=int, default=0, show_default=True,
-              help="Epochs between full-CROWN evaluations of the test split (0: last epoch only, -1: never; "
-                   "IBP, PGD and CROWN-IBP run every epoch).")
+              help="Epochs between full-CROWN evaluations of the test split (0: last epoch only, -1: never).")
+@click.option("--eval-every", type=int, default=None,
+              help="Epochs between PGD and CROWN-IBP evaluations of the test split; clean and IBP-verified "
+                   "accuracy are every epoch, all of them on the last. [default: --epochs // 20, at least 1]")
 @click.option("--out", "out", type=click.Path(), required=True, help="Run directory.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @click.option("--seed", type=int, default=0, show_default=True)
