@@ -120,7 +120,7 @@ class TrainConfig:
             if c.baseline in ("prune-finetune", "hydra") else 0
         c.prune_epochs = (max(1, round(0.1 * c.epochs)) if c.prune_epochs is None else c.prune_epochs) \
             if c.baseline == "hydra" else 0
-        # About 20 attack-and-CROWN-IBP points per run: on the default run, every epoch's took 80 of its 230 s.
+        # About 20 attack-and-CROWN-IBP points a run: on every epoch they took 80 s of the default run's 220.
         c.eval_every = max(1, c.epochs // 20) if c.eval_every is None else c.eval_every
         c.warmup_epochs = round(0.05 * c.epochs) if c.warmup_epochs is None else c.warmup_epochs
         c.ramp_epochs = max(1, round(0.5 * c.epochs)) if c.ramp_epochs is None else c.ramp_epochs
