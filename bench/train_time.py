@@ -60,7 +60,7 @@ def _time_to(log, target, sparse: bool):
         if sparse and (r["phase"] == "dense" or
                        (r["phase"] == "gradual" and r["effective_params"] != log[-1]["effective_params"])):
             continue  # a dense epoch, or one still thinning towards the final count (--initial-density)
-        if r["crown_ibp_verified_acc"] >= target - 1e-9:
+        if r.get("crown_ibp_verified_acc", -1.0) >= target - 1e-9:  # absent: no CROWN-IBP that epoch (--eval-every)
             return r["train_seconds"]
     return None
 
@@ -260,7 +260,9 @@ def _plot(logs, path, sparsities, structures, methods, eps):
             for key in [(m, structure, sparsity) for m in methods] + [("dense", "-", 0.0)]:
                 color = None
                 for i, log in enumerate(logs[key]):  # one line per seed, in the method's colour
-                    line, = ax.plot([r["train_seconds"] for r in log], [r["crown_ibp_verified_acc"] for r in log],
+                    pts = [(r["train_seconds"], r["crown_ibp_verified_acc"])
+                           for r in log if "crown_ibp_verified_acc" in r]
+                    line, = ax.plot(*zip(*pts),
                                     label=key[0] if i == 0 else None, color=color, alpha=1 if i == 0 else 0.5)
                     color = line.get_color()
                     ax.plot(log[-1]["train_seconds"], log[-1]["crown_verified_acc"], "o", color=color)

@@ -43,6 +43,15 @@ def test_time_to_target_skips_epochs_still_thinning():
     assert tt._time_to(log, 0.9, sparse=False) == 1.0
 
 
+def test_time_to_target_reads_only_epochs_with_a_crown_ibp_figure():
+    # a run trained with --set METHOD.eval_every=N logs CROWN-IBP every N epochs only
+    log = [dict(phase="sparse", effective_params=500, crown_ibp_verified_acc=0.80, train_seconds=1.0),
+           dict(phase="sparse", effective_params=500, train_seconds=2.0),
+           dict(phase="sparse", effective_params=500, crown_ibp_verified_acc=0.92, train_seconds=3.0)]
+    assert tt._time_to(log, 0.9, sparse=True) == 3.0
+    assert tt._time_to(log, 0.95, sparse=True) is None
+
+
 def _logs(*finals):
     return [[dict(crown_verified_acc=acc, train_seconds=sec)] for acc, sec in finals]
 

@@ -17,11 +17,11 @@ def evaluate(model, x, y, eps, num_classes, full_crown=True, batch_size=200, dev
     IBP verifies little, the PGD attack on every point it leaves open is most of a training
     run's evaluation time. full_crown=False stops after CROWN-IBP: full CROWN on a
     half-trained network (robust enough to resist PGD, with many unstable neurons) costs
-    about a minute per 1,000 mnist5k samples on 2 cores. Each margin's CROWN bound is taken together with IBP's (the larger of two
-    sound lower bounds is sound), so CROWN-verified >= IBP-verified by construction. Each
-    stage runs only on what the cheaper one before it left open: IBP, a PGD attack (a point
-    it breaks cannot be verified by anything sound), CROWN-IBP (IBP intermediate bounds),
-    then CROWN. pgd_robust_acc is the attack's upper bound on the verified accuracy.
+    about a minute per 1,000 mnist5k samples on 2 cores. Each margin's CROWN bound is taken
+    together with IBP's (the larger of two sound lower bounds is sound), so CROWN-verified >=
+    IBP-verified by construction. Each stage runs only on what the cheaper one before it left
+    open: IBP, a PGD attack (a point it breaks cannot be verified by anything sound),
+    CROWN-IBP (IBP intermediate bounds), then CROWN. pgd_robust_acc is the attack's upper bound on the verified accuracy.
     The bounds are verify.rounding's sound ones (the model's float32 rounding and their own
     charged; never TF32; full CROWN ends in float64), so the reported figures are claims the
     verifier would make."""
