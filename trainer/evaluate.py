@@ -21,7 +21,8 @@ def evaluate(model, x, y, eps, num_classes, full_crown=True, batch_size=200, dev
     together with IBP's (the larger of two sound lower bounds is sound), so CROWN-verified >=
     IBP-verified by construction. Each stage runs only on what the cheaper one before it left
     open: IBP, a PGD attack (a point it breaks cannot be verified by anything sound),
-    CROWN-IBP (IBP intermediate bounds), then CROWN. pgd_robust_acc is the attack's upper bound on the verified accuracy.
+    CROWN-IBP (IBP intermediate bounds), then CROWN. pgd_robust_acc is the attack's upper
+    bound on the verified accuracy.
     The bounds are verify.rounding's sound ones (the model's float32 rounding and their own
     charged; never TF32; full CROWN ends in float64), so the reported figures are claims the
     verifier would make."""
