@@ -57,6 +57,25 @@ def test_attack_and_crown_ibp_run_every_eval_every_epochs_and_on_the_last(tmp_pa
     assert "crown_verified_acc" in log[-1]
 
 
+def test_training_steps_flush_denormals_and_evaluation_keeps_ieee(tmp_path, monkeypatch):
+    """Pruned weights' Adam momentum decays into denormals, slow on x86 (trainer/optim.py):
+    the steps read them as zero; evaluation, whose bounds are reported, and the caller after
+    train() keep IEEE arithmetic."""
+    from verisparse.trainer import train as train_module
+    tiny = torch.tensor([1e-40])  # a denormal float32
+
+    def ieee():
+        return bool((tiny * 1.0).item() != 0.0)
+
+    seen = {"step": set(), "eval": set()}
+    step_loss, evaluate = train_module.certified_loss, train_module.evaluate
+    monkeypatch.setattr(train_module, "certified_loss",
+                        lambda *a, **k: seen["step"].add(ieee()) or step_loss(*a, **k))
+    monkeypatch.setattr(train_module, "evaluate", lambda *a, **k: seen["eval"].add(ieee()) or evaluate(*a, **k))
+    train(TrainConfig(epochs=2, sparsity=0.9, **FAST), tmp_path / "run", progress=False)
+    assert seen == {"step": {False}, "eval": {True}} and ieee()
+
+
 def test_masks_move_during_training(tmp_path):
     out = tmp_path / "run"
     torch.manual_seed(0)

@@ -33,7 +33,7 @@ from .datasets import load_dataset, split_hash
 from .evaluate import evaluate
 from .hydra import Hydra
 from .models import build_model, prunable
-from .optim import adam
+from .optim import adam, flush_denormals
 from .resources import Resources
 
 
@@ -324,58 +324,59 @@ def _train(cfg, out_dir, resume, device, progress, download, compact, res):
         threads = cp.set_step_threads(comp, dev)
         order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)).to(dev)
         loss_sum = correct = 0.0
-        for b in range(steps_per_epoch):
-            idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-            n_batch, idx = len(idx), ddp.shard(idx)  # the global batch, and this rank's slice of it
-            xb, yb = x_train[idx], y_train[idx]
-            eps, beta, kappa, lr = _schedule(cfg, step, steps_per_epoch)
-            for g in step_opt.param_groups:
-                g["lr"] = lr
-            fraction = sp.update_fraction(step, update_steps, cfg.update_fraction, cfg.update_end)
-            move = (unstructured_moving and phase in ("sparse", "gradual") and step > 0
-                    and step % cfg.update_every == 0 and fraction > 0)
-            done = step + 1  # optimizer steps taken, this one included: the window's last one lands on the target
-            thin = done <= window and (done == window or (step > 0 and step % cfg.update_every == 0))
-            res.step_begin((phase, len(yb), eps > 0, kappa < 1, beta > 0, cfg.method, move and cfg.regrow),
-                           step_model)
-            loss, logits, net = ddp.step(step_model, step_fn, xb, yb, eps, K, cfg.method, beta, kappa)
-            loss_value, batch_correct = ddp.batch_totals(loss, logits, yb)
-            if not math.isfinite(loss_value):
-                _diverged(epoch, b, f"the loss is {loss_value}")
-            grads = None
-            if move and cfg.regrow == "rigl":
-                weights = [op.weight for op in net.ops if isinstance(op, (bound_ops.Linear, bound_ops.Conv2d))]
-                grads = ddp.average(torch.autograd.grad(loss, weights, retain_graph=True))
-            step_opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(trained, cfg.grad_clip, foreach=True)
-            step_opt.step()
-            res.step_end()
-            if unstructured_moving or phase == "finetune":
-                with torch.no_grad():
-                    for _, m in prunable(model):
-                        m.weight.mul_(m.weight_mask)  # pruned weights stay exactly zero
-            if thin and counts is not None:  # structured: drop units, then train the smaller sub-network
-                if comp:  # thinning reads the kept units' norms; pruned weights matter only to a re-mask ahead
-                    comp.scatter(replay_pruned=_remasks(cfg, counts, epoch + 1))
-                target = final_counts if done == window else sp.gradual_structured_counts(
-                    model, sp.gradual_density(done, window, cfg.initial_density, 1 - cfg.sparsity), final_counts)
-                ddp.update_masks(model, lambda: sp.thin_structured(model, target, final_counts))
-                comp = _compacted(comp, compact, model, opt, ds.input_shape)
-                step_model, step_opt, trained, step_fn = _step_setup(phase, hyd, comp, model, opt,
-                                                                     ds.input_shape)
-                cp.set_step_threads(comp, dev)  # the count to restore stays the one taken at the epoch's start
-            elif thin:  # prune towards this step's density first, so RigL's regrown weights get a turn
-                density = sp.gradual_density(done, window, cfg.initial_density, 1 - cfg.sparsity)
-                ddp.update_masks(model, lambda: sp.thin_unstructured(model, density, final_counts))
-            if move:
-                ddp.update_masks(model, lambda: sp.prune_regrow(model, fraction, grads,
-                                                                torch.Generator().manual_seed(cfg.seed + step)))
-            loss_sum += loss_value * n_batch
-            correct += batch_correct
-            step += 1
-        if comp:  # pruned weights are read again only by a later re-mask (re-masks run on consecutive epochs)
-            comp.scatter(replay_pruned=_remasks(cfg, counts, epoch + 1))
+        with flush_denormals():  # the steps only (trainer/optim.py)
+            for b in range(steps_per_epoch):
+                idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+                n_batch, idx = len(idx), ddp.shard(idx)  # the global batch, and this rank's slice of it
+                xb, yb = x_train[idx], y_train[idx]
+                eps, beta, kappa, lr = _schedule(cfg, step, steps_per_epoch)
+                for g in step_opt.param_groups:
+                    g["lr"] = lr
+                fraction = sp.update_fraction(step, update_steps, cfg.update_fraction, cfg.update_end)
+                move = (unstructured_moving and phase in ("sparse", "gradual") and step > 0
+                        and step % cfg.update_every == 0 and fraction > 0)
+                done = step + 1  # optimizer steps taken, this one included: the window's last one lands on the target
+                thin = done <= window and (done == window or (step > 0 and step % cfg.update_every == 0))
+                res.step_begin((phase, len(yb), eps > 0, kappa < 1, beta > 0, cfg.method, move and cfg.regrow),
+                               step_model)
+                loss, logits, net = ddp.step(step_model, step_fn, xb, yb, eps, K, cfg.method, beta, kappa)
+                loss_value, batch_correct = ddp.batch_totals(loss, logits, yb)
+                if not math.isfinite(loss_value):
+                    _diverged(epoch, b, f"the loss is {loss_value}")
+                grads = None
+                if move and cfg.regrow == "rigl":
+                    weights = [op.weight for op in net.ops if isinstance(op, (bound_ops.Linear, bound_ops.Conv2d))]
+                    grads = ddp.average(torch.autograd.grad(loss, weights, retain_graph=True))
+                step_opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(trained, cfg.grad_clip, foreach=True)
+                step_opt.step()
+                res.step_end()
+                if unstructured_moving or phase == "finetune":
+                    with torch.no_grad():
+                        for _, m in prunable(model):
+                            m.weight.mul_(m.weight_mask)  # pruned weights stay exactly zero
+                if thin and counts is not None:  # structured: drop units, then train the smaller sub-network
+                    if comp:  # thinning reads the kept units' norms; pruned weights matter only to a re-mask ahead
+                        comp.scatter(replay_pruned=_remasks(cfg, counts, epoch + 1))
+                    target = final_counts if done == window else sp.gradual_structured_counts(
+                        model, sp.gradual_density(done, window, cfg.initial_density, 1 - cfg.sparsity), final_counts)
+                    ddp.update_masks(model, lambda: sp.thin_structured(model, target, final_counts))
+                    comp = _compacted(comp, compact, model, opt, ds.input_shape)
+                    step_model, step_opt, trained, step_fn = _step_setup(phase, hyd, comp, model, opt,
+                                                                         ds.input_shape)
+                    cp.set_step_threads(comp, dev)  # the count to restore stays the one taken at the epoch's start
+                elif thin:  # prune towards this step's density first, so RigL's regrown weights get a turn
+                    density = sp.gradual_density(done, window, cfg.initial_density, 1 - cfg.sparsity)
+                    ddp.update_masks(model, lambda: sp.thin_unstructured(model, density, final_counts))
+                if move:
+                    ddp.update_masks(model, lambda: sp.prune_regrow(model, fraction, grads,
+                                                                    torch.Generator().manual_seed(cfg.seed + step)))
+                loss_sum += loss_value * n_batch
+                correct += batch_correct
+                step += 1
+            if comp:  # pruned weights are read again only by a later re-mask (re-masks run on consecutive epochs)
+                comp.scatter(replay_pruned=_remasks(cfg, counts, epoch + 1))
         if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
             _diverged(epoch, steps_per_epoch - 1, "the weights are no longer finite")
         if hyd is not None:
