@@ -28,6 +28,20 @@ def test_set_passes_gradual_pruning_to_structured_verisparse_only():
             [tt._setting("verisparse.initial_density=0.01")], "verisparse", "structured")).resolved()
 
 
+def test_set_overrides_the_bench_defaults_for_every_method_dense_included():
+    base = dict(dataset="mnist5k", epochs=100, eval_every=1)
+    sets = [tt._setting(s) for s in ("dense.eval_every=5", "hydra.eval_every=5", "verisparse.epochs=44",
+                                     "verisparse.structured.epochs=90")]
+    groups = tt._groups(base, sets, [0.95], ["unstructured", "structured"], ["hydra"])
+    assert groups[("dense", "-", 0.0)] == dict(dataset="mnist5k", epochs=100, eval_every=5, baseline="dense")
+    assert groups[("hydra", "structured", 0.95)]["eval_every"] == 5
+    assert groups[("verisparse", "unstructured", 0.95)]["epochs"] == 44
+    assert groups[("verisparse", "structured", 0.95)]["epochs"] == 90
+    assert groups[("verisparse", "structured", 0.95)]["baseline"] is None
+    for settings in groups.values():
+        TrainConfig(**settings).resolved()
+
+
 @pytest.mark.parametrize("text", ["verisparse.structured.initial_density=dense", "verisparse.structured.nope=1",
                                   "verisparse.sideways.prune_window=1"])
 def test_set_refuses_what_it_cannot_use(text):
