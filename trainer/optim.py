@@ -4,11 +4,12 @@ The fused kernel updates a parameter in one call instead of about ten elementwis
 the small compacted networks of structured training those ops are a visible share of a
 step, and compacted training replays Adam steps on the full model (trainer/compact.py).
 
-Training steps run with denormal floats flushed to zero (flush_denormals): a pruned weight's
-gradient is exactly zero, so its Adam momentum decays by 0.9 a step into the denormal range,
-where x86 arithmetic is slow. A 0.95-sparse cnn_4layer late in training held 140,873
-denormal state entries (of 332,812; dense training 64,243), and its Adam step took 3.2 ms
-against 0.46 ms flushed."""
+Training steps run with denormal floats flushed to zero (flush_denormals): a weight whose
+gradient is zero (a pruned one, or one behind dead ReLUs) sees its Adam momentum decay by 0.9
+a step into the denormal range, where x86 arithmetic is slow. At the end of training a
+0.95-sparse cnn_4layer's Adam state held 140,873 denormals of 332,812 entries, a dense one's
+64,243. Measured on those checkpoints (20 steps, one thread): a dense model's step takes
+0.88x the time flushed, a 0.95-sparse one's 1.00x."""
 from __future__ import annotations
 
 from contextlib import contextmanager
