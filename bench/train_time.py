@@ -88,6 +88,9 @@ def _setting(text):
         raise argparse.ArgumentTypeError(f"expected METHOD[.STRUCTURE].FIELD=VALUE with METHOD one of "
                                          f"{', '.join(methods)} and FIELD a TrainConfig field; got {text!r}")
     field = parts[-1]
+    if field in ("baseline", "structure", "sparsity", "seed"):  # the run's identity: --baselines, --structures, ...
+        raise argparse.ArgumentTypeError(f"{field} is set by the bench's own options (--baselines, --structures, "
+                                         f"--sparsities, --seeds), not by --set; got {text!r}")
     try:
         value = int(value) if field in _INT_FIELDS else float(value) if field in _FLOAT_FIELDS else value
     except ValueError:

@@ -43,7 +43,8 @@ def test_set_overrides_the_bench_defaults_for_every_method_dense_included():
 
 
 @pytest.mark.parametrize("text", ["verisparse.structured.initial_density=dense", "verisparse.structured.nope=1",
-                                  "verisparse.sideways.prune_window=1"])
+                                  "verisparse.sideways.prune_window=1", "hydra.baseline=dense",
+                                  "verisparse.structured.sparsity=0.9", "dense.seed=3", "hydra.structure=structured"])
 def test_set_refuses_what_it_cannot_use(text):
     with pytest.raises(argparse.ArgumentTypeError):
         tt._setting(text)
