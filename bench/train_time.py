@@ -102,13 +102,13 @@ def _settings_for(sets, method, structure):
     return {field: value for m, st, field, value in sets if m == method and st in (None, structure)}
 
 
-def _groups(base, sets, sparsities, structures, baselines):
+def _groups(base, sets, sparsities, structures, methods):
     """{(method, structure, sparsity): TrainConfig settings}: base, then each method's --set
     (which may override base, eval_every and epochs included)."""
     groups = {("dense", "-", 0.0): dict(base, **_settings_for(sets, "dense", None), baseline="dense")}
     for sparsity in sparsities:
         for structure in structures:
-            for m in ["verisparse", *baselines]:
+            for m in methods:
                 groups[(m, structure, sparsity)] = dict(base, **_settings_for(sets, m, structure),
                                                         baseline=None if m == "verisparse" else m,
                                                         structure=structure, sparsity=sparsity)
@@ -171,7 +171,7 @@ def main():
     if args.lr is not None:
         base["lr"] = args.lr
     methods = ["verisparse"] + args.baselines
-    groups = _groups(base, args.sets, args.sparsities, args.structures, args.baselines)
+    groups = _groups(base, args.sets, args.sparsities, args.structures, methods)
     seeds = args.seeds or [None]  # None: train's seed, and the run folders of a single-seed bench
     runs = {(*key, seed): TrainConfig(**(settings if seed is None else dict(settings, seed=seed)))
             for key, settings in groups.items() for seed in seeds}

@@ -32,7 +32,7 @@ def test_set_overrides_the_bench_defaults_for_every_method_dense_included():
     base = dict(dataset="mnist5k", epochs=100, eval_every=1)
     sets = [tt._setting(s) for s in ("dense.eval_every=5", "hydra.eval_every=5", "verisparse.epochs=44",
                                      "verisparse.structured.epochs=90")]
-    groups = tt._groups(base, sets, [0.95], ["unstructured", "structured"], ["hydra"])
+    groups = tt._groups(base, sets, [0.95], ["unstructured", "structured"], ["verisparse", "hydra"])
     assert groups[("dense", "-", 0.0)] == dict(dataset="mnist5k", epochs=100, eval_every=5, baseline="dense")
     assert groups[("hydra", "structured", 0.95)]["eval_every"] == 5
     assert groups[("verisparse", "unstructured", 0.95)]["epochs"] == 44
