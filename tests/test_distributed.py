@@ -137,6 +137,45 @@ def _rank_of(pid):
     return next((int(v.split(b"=", 1)[1]) for v in env if v.startswith(b"RANK=")), None)
 
 
+# Gloo's worker threads release a finished collective's tensors just after the caller moves on.
+# On a loaded CPU a worker may get no time until the interpreter is shutting down, and there
+# the GIL it needs aborts the process: "terminate called without an active exception" after a
+# finished two-process run, 3 times in 10 under load. Here the workers share one CPU with the
+# main thread at idle priority, and shutdown sleeps: 3 of 4 runs aborted through sys.exit.
+HELD_BACK_WORKERS = """
+import os, sys, time, torch
+import torch.distributed as dist
+from verisparse.cli import main
+
+class SlowFinalizer:
+    def __del__(self):
+        time.sleep(1)
+
+dist.init_process_group("gloo")
+dist.broadcast(torch.ones(3), 0)  # the group's threads exist from here
+for tid in map(int, os.listdir("/proc/self/task")):
+    os.sched_setaffinity(tid, {min(os.sched_getaffinity(0))})
+    with open(f"/proc/self/task/{tid}/comm") as f:
+        if f.read().startswith("pt_gloo"):
+            os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
+keep = SlowFinalizer()
+for _ in range(5):
+    dist.broadcast(torch.ones(3), 0)
+main(["--version"])
+"""
+
+
+@pytest.mark.slow
+def test_a_process_of_a_job_exits_cleanly_while_gloo_still_holds_tensors(tmp_path):
+    script = tmp_path / "exit.py"
+    script.write_text(HELD_BACK_WORKERS)
+    for _ in range(4):
+        out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                              str(script)], capture_output=True, text=True, env=ENV, timeout=300)
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert out.stdout.count("version") == 2  # flushed before the exit
+
+
 @pytest.mark.slow
 def test_resume_after_kill_9_of_one_rank(tmp_path):
     run = tmp_path / "run"
@@ -154,6 +193,7 @@ def test_resume_after_kill_9_of_one_rank(tmp_path):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 2, err  # a rank killed by a signal: exit 2, with what to do
     assert "signal 9" in err and "--resume" in err
+    assert "internal error" not in err  # the other rank lost its peer: not a bug
     done = [json.loads(x)["epoch"] for x in log.read_text().splitlines()]
     assert 2 <= len(done) < 8, "the kill must land mid-run"
     res = _cli(*args, "--resume")
@@ -183,10 +223,13 @@ def test_errors_stop_every_rank_with_the_cli_exit_code(tmp_path):
     assert taken.returncode == 2 and "already holds a run" in taken.stderr, taken.stderr
 
 
-@pytest.mark.parametrize("codes,exit_code", [({0: -6, 1: -9}, 2), ({0: 1, 1: 3}, 3), ({0: 1}, 3)])
+@pytest.mark.parametrize("codes,exit_code", [({0: -6, 1: -9}, 2), ({0: 2, 1: -9}, 2), ({0: 1, 1: 3}, 3), ({0: 1}, 3),
+                                             ({0: 2, 1: -15}, 2)])
 def test_launcher_names_every_failed_rank(monkeypatch, capsys, codes, exit_code):
-    """A killed rank takes the others' collectives down with it (signal 6), and torchrun may
-    record those first: the message names every failed rank, so the cause is in it."""
+    """A killed rank takes the others' collectives down with it (they exit 2 or abort), and
+    torchrun may record those first: the message names every failed rank, so the cause is in
+    it. A rank that failed on its own (2 or 3) printed why; torchrun then stops the others
+    with SIGTERM, which adds nothing."""
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
     from torch.distributed.launcher import api
     from verisparse.trainer import distributed
@@ -198,8 +241,9 @@ def test_launcher_names_every_failed_rank(monkeypatch, capsys, codes, exit_code)
     monkeypatch.setattr(api, "elastic_launch", fail)
     assert distributed.launch(2, ["train"], "cpu") == exit_code
     err = capsys.readouterr().err
-    if exit_code == 2:
-        assert "process 0 ended with signal 6, process 1 ended with signal 9" in err and "--resume" in err
+    if codes.get(1) == -9:
+        assert f"process 0 ended with {'signal 6' if codes[0] < 0 else 'exit code 2'}, process 1 ended with signal 9" \
+            in err and "--resume" in err
     elif len(codes) == 1:
         assert "process 0 ended with exit code 1; continue the run with --resume" in err
     else:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import atexit
 import datetime
 import os
+import signal
 import sys
 from contextlib import contextmanager
 
@@ -227,10 +228,12 @@ def launch(nproc: int, argv: list[str], device: str) -> int:
     except ChildFailedError as e:
         codes = {rank: failure.exitcode for rank, failure in sorted(e.failures.items())}
         own = [c for c in codes.values() if c in (2, 3)]
-        if own:  # that rank printed what to do
+        # torchrun stops the other processes with SIGTERM when one fails; any other signal
+        # killed a process from outside, and the others then lose their connection to it
+        killed = any(c < 0 and c != -signal.SIGTERM for c in codes.values())
+        if own and not killed:  # that rank printed what to do
             return own[0]
-        # every failed rank: when one is killed, the others' collectives abort (signal 6) and
-        # may be recorded first, and the cause is the one a user needs
+        # every failed rank, since torchrun may record the consequences first
         what = ", ".join(f"process {rank} ended with " + (f"signal {-c}" if c < 0 else f"exit code {c}")
                          for rank, c in codes.items())
         print(f"error: {what}; continue the run with --resume", file=sys.stderr)
