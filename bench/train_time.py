@@ -14,8 +14,8 @@ RSS is that run's own. Usage:
         [--structures unstructured,structured] [--baselines prune-finetune,hydra] [--plot FILE]
         [--set hydra.lr=2e-3 --set verisparse.structured.lr=4e-3 ...] [--jobs N] [--seeds 0,1,2]
 
-Each method's settings are train's defaults unless --set METHOD[.STRUCTURE].FIELD=VALUE (a
-TrainConfig field) changes them: compare methods each at its best measured setting, not one
+Each method's settings are train's defaults unless --set METHOD[.STRUCTURE][@SPARSITY].FIELD=VALUE
+(a TrainConfig field) changes them, the most specific --set winning: compare methods each at its best measured setting, not one
 method tuned against another's defaults. --jobs N trains N runs at once, one thread each.
 --seeds trains every run once per seed (a seed also draws its own train/test split) and
 reports means: on this data one seed's final accuracy moves by a point or more with any
@@ -27,6 +27,7 @@ import argparse
 import concurrent.futures
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -77,17 +78,29 @@ def _list(text, kind, allowed=None):
     return items
 
 
+_KEY = re.compile(r"(?P<method>[a-z-]+)(?:\.(?P<structure>[a-z]+))?(?:@(?P<sparsity>[^.]*(?:\.[0-9]+)?))?"
+                  r"\.(?P<field>\w+)")
+
+
 def _setting(text):
-    """METHOD[.STRUCTURE].FIELD=VALUE -> (method, structure or None, field, value)."""
+    """METHOD[.STRUCTURE][@SPARSITY].FIELD=VALUE -> (method, structure or None, sparsity or
+    None, field, value)."""
     key, sep, value = text.partition("=")
-    parts = key.split(".")
+    m = _KEY.fullmatch(key)
     methods = ("verisparse", "dense") + BASELINES
-    if not sep or len(parts) not in (2, 3) or parts[0] not in methods or \
-            (len(parts) == 3 and parts[1] not in ("unstructured", "structured")) or \
-            parts[-1] not in TrainConfig.__dataclass_fields__:
-        raise argparse.ArgumentTypeError(f"expected METHOD[.STRUCTURE].FIELD=VALUE with METHOD one of "
-                                         f"{', '.join(methods)} and FIELD a TrainConfig field; got {text!r}")
-    field = parts[-1]
+    try:
+        sparsity = None if m is None or m["sparsity"] is None else float(m["sparsity"])
+    except ValueError:
+        sparsity = -1.0
+    if not sep or m is None or m["method"] not in methods or \
+            m["structure"] not in (None, "unstructured", "structured") or \
+            not (sparsity is None or 0 < sparsity < 1) or m["field"] not in TrainConfig.__dataclass_fields__:
+        raise argparse.ArgumentTypeError(f"expected METHOD[.STRUCTURE][@SPARSITY].FIELD=VALUE with METHOD one of "
+                                         f"{', '.join(methods)}, SPARSITY in (0, 1) and FIELD a TrainConfig field; "
+                                         f"got {text!r}")
+    field = m["field"]
+    if m["method"] == "dense" and (m["structure"] or sparsity is not None):
+        raise argparse.ArgumentTypeError(f"dense training has no structure or sparsity; got {text!r}")
     if field in ("baseline", "structure", "sparsity", "seed"):  # the run's identity: --baselines, --structures, ...
         raise argparse.ArgumentTypeError(f"{field} is set by the bench's own options (--baselines, --structures, "
                                          f"--sparsities, --seeds), not by --set; got {text!r}")
@@ -95,11 +108,16 @@ def _setting(text):
         value = int(value) if field in _INT_FIELDS else float(value) if field in _FLOAT_FIELDS else value
     except ValueError:
         raise argparse.ArgumentTypeError(f"{field} takes a number; got {value!r}") from None
-    return parts[0], parts[1] if len(parts) == 3 else None, field, value
+    return m["method"], m["structure"], sparsity, field, value
 
 
-def _settings_for(sets, method, structure):
-    return {field: value for m, st, field, value in sets if m == method and st in (None, structure)}
+def _settings_for(sets, method, structure, sparsity=None):
+    """The settings of one group; a more specific --set wins (METHOD, then .STRUCTURE, then
+    @SPARSITY, then both), and among equals the later one."""
+    chosen = sorted(((st is not None) + 2 * (sp is not None), i, field, value)
+                    for i, (m, st, sp, field, value) in enumerate(sets)
+                    if m == method and st in (None, structure) and sp in (None, sparsity))
+    return {field: value for _, _, field, value in chosen}
 
 
 def _groups(base, sets, sparsities, structures, methods):
@@ -109,7 +127,7 @@ def _groups(base, sets, sparsities, structures, methods):
     for sparsity in sparsities:
         for structure in structures:
             for m in methods:
-                groups[(m, structure, sparsity)] = dict(base, **_settings_for(sets, m, structure),
+                groups[(m, structure, sparsity)] = dict(base, **_settings_for(sets, m, structure, sparsity),
                                                         baseline=None if m == "verisparse" else m,
                                                         structure=structure, sparsity=sparsity)
     return groups
@@ -151,7 +169,8 @@ def main():
                     help="comma-separated: prune-finetune, hydra (dense always runs)")
     ap.add_argument("--lr", type=float, default=None, help="Adam learning rate for every run [default: train's]")
     ap.add_argument("--set", dest="sets", type=_setting, action="append", default=[],
-                    help="METHOD[.STRUCTURE].FIELD=VALUE, e.g. hydra.lr=2e-3 or verisparse.structured.lr=4e-3")
+                    help="METHOD[.STRUCTURE][@SPARSITY].FIELD=VALUE, e.g. hydra.lr=2e-3, "
+                         "verisparse.structured.lr=4e-3 or verisparse.structured@0.99.initial_density=0.5")
     ap.add_argument("--jobs", type=int, default=1, help="runs trained at once, one thread each [default: 1]")
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     ap.add_argument("--dataset", default="mnist5k", help="a smaller one (digits) for a quick check of the bench")

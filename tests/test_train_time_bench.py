@@ -42,7 +42,23 @@ def test_set_overrides_the_bench_defaults_for_every_method_dense_included():
         TrainConfig(**settings).resolved()
 
 
-@pytest.mark.parametrize("text", ["verisparse.structured.initial_density=dense", "verisparse.structured.nope=1",
+def test_set_for_one_sparsity_overrides_the_structure_wide_one_whatever_the_order():
+    sets = [tt._setting(s) for s in ("verisparse.structured@0.99.initial_density=0.5",
+                                     "verisparse.structured.initial_density=1", "verisparse@0.99.epochs=90",
+                                     "verisparse.epochs=60", "verisparse.lr=2e-3", "verisparse.structured.lr=3e-3")]
+    assert sets[0] == ("verisparse", "structured", 0.99, "initial_density", 0.5)
+    groups = tt._groups(dict(epochs=100), sets, [0.95, 0.99], ["unstructured", "structured"], ["verisparse"])
+    assert {k: (g["initial_density"] if "initial_density" in g else None, g["epochs"], g["lr"])
+            for k, g in groups.items() if k[0] == "verisparse"} == {
+        ("verisparse", "unstructured", 0.95): (None, 60, 2e-3),
+        ("verisparse", "unstructured", 0.99): (None, 90, 2e-3),
+        ("verisparse", "structured", 0.95): (1.0, 60, 3e-3),
+        ("verisparse", "structured", 0.99): (0.5, 90, 3e-3)}
+
+
+@pytest.mark.parametrize("text", ["verisparse.structured@1.5.lr=1", "verisparse@x.lr=1", "dense@0.9.lr=1",
+                                  "verisparse.structured@.lr=1", "verisparse.structured@0.99=1",
+                                  "verisparse.structured.initial_density=dense", "verisparse.structured.nope=1",
                                   "verisparse.sideways.prune_window=1", "hydra.baseline=dense",
                                   "verisparse.structured.sparsity=0.9", "dense.seed=3", "hydra.structure=structured"])
 def test_set_refuses_what_it_cannot_use(text):
