@@ -140,7 +140,7 @@ def _rank_of(pid):
 # Gloo's worker threads release a finished collective's tensors just after the caller moves on.
 # On a loaded CPU a worker may get no time until the interpreter is shutting down, and there
 # the GIL it needs aborts the process: "terminate called without an active exception" after a
-# finished two-process run, 3 times in 10 under load. Here the workers share one CPU with the
+# finished two-process run, 5 times in 15 under load. Here the workers share one CPU with the
 # main thread at idle priority, and shutdown sleeps: 3 of 4 runs aborted through sys.exit.
 HELD_BACK_WORKERS = """
 import os, sys, time, torch
