@@ -15,10 +15,10 @@ RSS is that run's own. Usage:
         [--set hydra.lr=2e-3 --set verisparse.structured.lr=4e-3 ...] [--jobs N] [--seeds 0,1,2]
 
 Each method's settings are train's defaults unless --set METHOD[.STRUCTURE][@SPARSITY].FIELD=VALUE
-(a TrainConfig field) changes them, the most specific --set winning: compare methods each at its best measured setting, not one
-method tuned against another's defaults. --jobs N trains N runs at once, one thread each.
---seeds trains every run once per seed (a seed also draws its own train/test split) and
-reports means: on this data one seed's final accuracy moves by a point or more with any
+(a TrainConfig field) changes them, the most specific --set winning: compare methods each at
+its best measured setting, not one method tuned against another's defaults. --jobs N trains N
+runs at once, one thread each. --seeds trains every run once per seed (a seed also draws its
+own train/test split) and reports means: on this data one seed's final accuracy moves by a point or more with any
 change to the arithmetic, more than the margins the claim is about.
 """
 from __future__ import annotations
@@ -78,7 +78,7 @@ def _list(text, kind, allowed=None):
     return items
 
 
-_KEY = re.compile(r"(?P<method>[a-z-]+)(?:\.(?P<structure>[a-z]+))?(?:@(?P<sparsity>[^.]*(?:\.[0-9]+)?))?"
+_KEY = re.compile(r"(?P<method>[a-z-]+)(?:\.(?P<structure>[a-z]+))?(?:@(?P<sparsity>[0-9]*\.?[0-9]+))?"
                   r"\.(?P<field>\w+)")
 
 
@@ -88,10 +88,7 @@ def _setting(text):
     key, sep, value = text.partition("=")
     m = _KEY.fullmatch(key)
     methods = ("verisparse", "dense") + BASELINES
-    try:
-        sparsity = None if m is None or m["sparsity"] is None else float(m["sparsity"])
-    except ValueError:
-        sparsity = -1.0
+    sparsity = None if m is None or m["sparsity"] is None else float(m["sparsity"])
     if not sep or m is None or m["method"] not in methods or \
             m["structure"] not in (None, "unstructured", "structured") or \
             not (sparsity is None or 0 < sparsity < 1) or m["field"] not in TrainConfig.__dataclass_fields__:
