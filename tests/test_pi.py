@@ -59,6 +59,13 @@ def test_int8_bytes_equal_x86_reference_kernels(profile):
     # the profile compared itself with the x86 profile.json that pi-check carried along
     if "recorded" in bc:
         assert bc["recorded"]["equal"] and "x86" in bc["recorded"]["machine"], bc["recorded"]
-    # XNNPACK on the emulated Cortex-A72: counted, and never a changed class
+    # XNNPACK on the emulated Cortex-A72 requantizes differently: at most 1 LSB off. That can
+    # swap two classes the reference kernels tied or nearly tied, and the profile must say which
+    # vectors, with the reference margins these x86 reference outputs give.
     for key, c in bc["runtimes"].items():
-        assert c["class_changes"] == 0 and c["max_lsb"] <= 1, (key, c)
+        assert c["max_lsb"] <= 1, (key, c)
+        assert c["class_changes"] == len(c["class_changes_at"]), (key, c)
+        for ch in c["class_changes_at"]:
+            ref = x86[ch["vector"]]
+            assert ch["reference_class"] == ref.argmax() != ch["got_class"], (key, ch)
+            assert ch["reference_margin_lsb"] == int(ref.max()) - int(ref[ch["got_class"]]) <= 2 * c["max_lsb"], (key, ch)

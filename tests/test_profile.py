@@ -221,7 +221,20 @@ def test_bytes_compare_counts_lsb_and_class_changes():
     got = np.array([[10, 6, -3], [0, 3, 2]], np.int8)
     c = compare(ref, got)
     assert (c["differing_outputs"], c["differing_vectors"], c["max_lsb"], c["class_changes"]) == (2, 2, 2, 1)
-    assert compare(ref, ref)["identical"]
+    assert c["class_changes_at"] == [dict(vector=1, reference_class=2, got_class=1, reference_margin_lsb=1)]
+    assert compare(ref, ref)["identical"] and compare(ref, ref)["class_changes_at"] == []
+
+
+def test_bytes_line_says_how_close_a_changed_class_was():
+    from verisparse.profile.bytes_check import compare
+    from verisparse.profile.table import bytes_line
+    ref = np.array([[44, 3, 44], [9, 1, 8], [5, 0, 0]], np.int8)
+    tie = compare(ref, ref + np.array([[0, 0, 1], [0, 0, 0], [0, 0, 0]], np.int8))
+    assert bytes_line(dict(runtimes={"litert/1": tie}), "litert", 1) == \
+        "1/9 off <= 1 LSB, 1 class change (where the reference was a tie)"
+    near = compare(ref, ref + np.array([[0, 0, 0], [-1, 0, 1], [0, 0, 0]], np.int8))
+    assert bytes_line(dict(runtimes={"litert/1": near}), "litert", 1) == \
+        "2/9 off <= 1 LSB, 1 class change (reference margin <= 1 LSB)"
 
 
 def test_recorded_reference_bytes_from_another_machine(tmp_path):

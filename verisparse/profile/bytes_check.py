@@ -60,11 +60,18 @@ def _outputs(session, vectors) -> np.ndarray:
 
 
 def compare(ref: np.ndarray, got: np.ndarray) -> dict:
+    """How far `got` is from the reference outputs `ref` (vectors x logits, int8). A changed
+    class is listed with the reference's margin between the two classes: outputs off by at most
+    k LSB can only swap classes whose reference logits were within 2k (a tie is margin 0)."""
     d = got.astype(np.int16) - ref.astype(np.int16)
     off = d != 0
+    ref_top, got_top = ref.argmax(1), got.argmax(1)
+    changed = np.nonzero(ref_top != got_top)[0]
+    at = [dict(vector=int(i), reference_class=int(ref_top[i]), got_class=int(got_top[i]),
+               reference_margin_lsb=int(ref[i, ref_top[i]]) - int(ref[i, got_top[i]])) for i in changed]
     return dict(identical=not off.any(), differing_outputs=int(off.sum()), outputs=int(d.size),
                 differing_vectors=int(off.any(axis=1).sum()), max_lsb=int(np.abs(d).max()) if d.size else 0,
-                class_changes=int((got.argmax(1) != ref.argmax(1)).sum()))
+                class_changes=len(at), class_changes_at=at)
 
 
 def _certificate(art: Artifact) -> dict | None:

@@ -36,8 +36,12 @@ def bytes_line(bc: dict | None, runtime: str, threads: int) -> str:
         return "-"
     if c["identical"]:
         return "identical"
-    return (f"{c['differing_outputs']}/{c['outputs']} off <= {c['max_lsb']} LSB, "
-            f"{c['class_changes']} class change{'s' * (c['class_changes'] != 1)}")
+    n = c["class_changes"]
+    s = f"{c['differing_outputs']}/{c['outputs']} off <= {c['max_lsb']} LSB, {n} class change{'s' * (n != 1)}"
+    margins = [a["reference_margin_lsb"] for a in c.get("class_changes_at", [])]
+    if margins:  # profiles written before the margins were recorded lack them
+        s += " (where the reference was a tie)" if max(margins) == 0 else f" (reference margin <= {max(margins)} LSB)"
+    return s
 
 
 def artifact_table(a: dict) -> str:
