@@ -18,8 +18,8 @@ Each method's settings are train's defaults unless --set METHOD[.STRUCTURE][@SPA
 (a TrainConfig field) changes them, the most specific --set winning: compare methods each at
 its best measured setting, not one method tuned against another's defaults. --jobs N trains N
 runs at once, one thread each. --seeds trains every run once per seed (a seed also draws its
-own train/test split) and reports means: on this data one seed's final accuracy moves by a point or more with any
-change to the arithmetic, more than the margins the claim is about.
+own train/test split) and reports means: on this data one seed's final accuracy moves by a
+point or more with any change to the arithmetic, more than the margins the claim is about.
 """
 from __future__ import annotations
 
